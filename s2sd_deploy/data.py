@@ -1,0 +1,330 @@
+"""Datasets, zero-shot splits, transforms and the class-balanced batch sampler.
+
+Every dataset is read into two :class:`ImageSet` splits whose classes never overlap:
+``digits`` (scikit-learn's bundled 8x8 digits; classes 0-4 train, 5-9 test), ``cub200``,
+``cars196``, ``sop`` (the splits of SPEC.md, from their official on-disk layouts) and
+``imagefolder`` (class sub-folders, the first half of the sorted classes train).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from .errors import S2SDError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ImageSet:
+    """One split: image sources (file paths, or in-memory PIL images) and integer labels."""
+
+    sources: list  # list[Path] or list[PIL.Image.Image]
+    labels: np.ndarray  # (N,) int64, contiguous 0..C-1 within the split
+    root: Path | None = None  # paths are reported relative to it
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Decodes an :class:`ImageSet` item and applies a transform; returns (image, label)."""
+
+    def __init__(self, images: ImageSet, transform: Callable):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(open_image(self.images.sources[index])), int(self.images.labels[index])
+
+
+def open_image(source) -> Image.Image:
+    """An RGB PIL image from a path or an image; an undecodable file raises S2SDError naming it."""
+    if isinstance(source, Image.Image):
+        return source.convert("RGB")
+    try:
+        with Image.open(source) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise S2SDError(
+            f"cannot decode image {source}: {error} (pass --skip-bad-images to skip such files)"
+        ) from None
+
+
+# --- transforms ---------------------------------------------------------------------------------
+def preprocessing(cfg) -> dict:
+    """What evaluation does to an image; exported into the ONNX metadata for clients."""
+    return {
+        "image_size": cfg.image_size,
+        "resize_size": cfg.resize_size,
+        "interpolation": "bilinear",
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "pixel_scale": 255.0,
+    }
+
+
+def eval_transform(cfg) -> Callable:
+    """Paper: Resize(256) + CenterCrop(224) + ImageNet normalisation (sizes configurable)."""
+    return T.Compose([
+        T.Resize(cfg.resize_size, interpolation=T.InterpolationMode.BILINEAR),
+        T.CenterCrop(cfg.image_size),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def train_transform(cfg) -> Callable:
+    """Paper: RandomResizedCrop(224) + horizontal flip + ImageNet normalisation."""
+    steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0))]
+    if cfg.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+# --- datasets -----------------------------------------------------------------------------------
+def _relabel(sources: list, class_ids: list) -> ImageSet:
+    """Map arbitrary class ids to 0..C-1 in sorted order."""
+    order = {c: i for i, c in enumerate(sorted(set(class_ids)))}
+    return ImageSet(list(sources), np.array([order[c] for c in class_ids], dtype=np.int64))
+
+
+def _split_by_class(paths: list[Path], class_ids: list, train_classes: set, root: Path) -> tuple[ImageSet, ImageSet]:
+    train = [(p, c) for p, c in zip(paths, class_ids) if c in train_classes]
+    test = [(p, c) for p, c in zip(paths, class_ids) if c not in train_classes]
+    splits = []
+    for part in (train, test):
+        image_set = _relabel([p for p, _ in part], [c for _, c in part])
+        image_set.root = root
+        splits.append(image_set)
+    return splits[0], splits[1]
+
+
+def load_digits_splits() -> tuple[ImageSet, ImageSet]:
+    """scikit-learn's digits (shipped with the package): classes 0-4 train, 5-9 test."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # (N, 8, 8), 0..16 -> 0..255
+    images = [Image.fromarray(p).convert("RGB") for p in pixels]
+    targets = digits.target.tolist()
+    train = [i for i, t in enumerate(targets) if t < 5]
+    test = [i for i, t in enumerate(targets) if t >= 5]
+    return (
+        _relabel([images[i] for i in train], [targets[i] for i in train]),
+        _relabel([images[i] for i in test], [targets[i] for i in test]),
+    )
+
+
+def _require_dir(path: Path, layout: str) -> None:
+    if not path.is_dir():
+        raise S2SDError(f"{path} not found; expected layout: {layout}")
+
+
+def load_cub200_splits(root: Path) -> tuple[ImageSet, ImageSet]:
+    """CUB200-2011: ``images/NNN.Name/*.jpg``; classes 1-100 train, 101-200 test."""
+    layout = "<data-root>/[CUB_200_2011/]images/001.Black_footed_Albatross/*.jpg ... 200.*"
+    images_dir = next((d for d in (root / "images", root / "CUB_200_2011" / "images") if d.is_dir()), root / "images")
+    _require_dir(images_dir, layout)
+    paths, classes = [], []
+    for class_dir in sorted(d for d in images_dir.iterdir() if d.is_dir()):
+        number = class_dir.name.split(".", 1)[0]
+        if not number.isdigit():
+            raise S2SDError(f"class folder {class_dir} is not named NNN.Name; expected layout: {layout}")
+        files = _image_files(class_dir)
+        paths += files
+        classes += [int(number)] * len(files)
+    if not paths:
+        raise S2SDError(f"no images under {images_dir}; expected layout: {layout}")
+    return _split_by_class(paths, classes, set(range(1, 101)), images_dir)
+
+
+def load_cars196_splits(root: Path) -> tuple[ImageSet, ImageSet]:
+    """CARS196 from ``cars_annos.mat`` (+ ``car_ims/``) or from class folders; classes 1-98 train."""
+    layout = "<data-root>/cars_annos.mat with car_ims/*.jpg, or <data-root>/<class name>/*.jpg (196 folders)"
+    _require_dir(root, layout)
+    annotations = root / "cars_annos.mat"
+    if annotations.is_file():
+        from scipy.io import loadmat
+
+        try:
+            records = loadmat(str(annotations))["annotations"][0]
+            paths = [root / str(r["relative_im_path"][0]) for r in records]
+            classes = [int(r["class"][0][0]) for r in records]
+        except (KeyError, IndexError, ValueError) as error:
+            raise S2SDError(f"{annotations} has no annotations/relative_im_path/class fields ({error})") from None
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise S2SDError(f"{len(missing)} images listed in {annotations} are missing, e.g. {missing[0]}; expected layout: {layout}")
+        return _split_by_class(paths, classes, set(range(1, 99)), root)
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    return _folder_splits(root, class_dirs, len(class_dirs) // 2, layout)
+
+
+def load_sop_splits(root: Path) -> tuple[ImageSet, ImageSet]:
+    """Stanford Online Products: ``Ebay_train.txt`` / ``Ebay_test.txt`` (image_id class_id super_class_id path)."""
+    layout = "<data-root>/[Stanford_Online_Products/]Ebay_train.txt, Ebay_test.txt and the image folders they list"
+    base = next((d for d in (root, root / "Stanford_Online_Products") if (d / "Ebay_train.txt").is_file()), root)
+    splits = []
+    for name in ("Ebay_train.txt", "Ebay_test.txt"):
+        listing = base / name
+        if not listing.is_file():
+            raise S2SDError(f"{listing} not found; expected layout: {layout}")
+        rows = [line.split() for line in listing.read_text().splitlines()[1:] if line.strip()]
+        if any(len(row) != 4 for row in rows):
+            raise S2SDError(f"{listing}: expected 4 columns per line (image_id class_id super_class_id path)")
+        paths = [base / row[3] for row in rows]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            raise S2SDError(f"{len(missing)} images listed in {listing} are missing, e.g. {missing[0]}")
+        image_set = _relabel(paths, [int(row[1]) for row in rows])
+        image_set.root = base
+        splits.append(image_set)
+    return splits[0], splits[1]
+
+
+def load_imagefolder_splits(root: Path) -> tuple[ImageSet, ImageSet]:
+    """Any ``<root>/<class>/*.jpg`` tree: the first half of the sorted classes train."""
+    layout = "<data-root>/<class name>/<image files>, at least 2 class folders"
+    _require_dir(root, layout)
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
+    return _folder_splits(root, class_dirs, (len(class_dirs) + 1) // 2, layout)
+
+
+def _folder_splits(root: Path, class_dirs: list[Path], num_train: int, layout: str) -> tuple[ImageSet, ImageSet]:
+    if len(class_dirs) < 2:
+        raise S2SDError(f"{root} has {len(class_dirs)} class folder(s); expected layout: {layout}")
+    paths, classes = [], []
+    for index, class_dir in enumerate(class_dirs):
+        files = _image_files(class_dir)
+        paths += files
+        classes += [index] * len(files)
+    if not paths:
+        raise S2SDError(f"no images under {root}; expected layout: {layout}")
+    return _split_by_class(paths, classes, set(range(num_train)), root)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+LOADERS = {
+    "cub200": load_cub200_splits,
+    "cars196": load_cars196_splits,
+    "sop": load_sop_splits,
+    "imagefolder": load_imagefolder_splits,
+}
+
+
+def load_splits(dataset: str, data_root: str | None = None, skip_bad_images: bool = False) -> tuple[ImageSet, ImageSet]:
+    """The (train, test) splits of a dataset; with ``skip_bad_images`` undecodable files are dropped."""
+    if dataset == "digits":
+        return load_digits_splits()
+    if dataset not in LOADERS:
+        raise S2SDError(f"unknown --dataset {dataset!r}; choose one of: digits, {', '.join(LOADERS)}")
+    splits = LOADERS[dataset](Path(data_root).expanduser())
+    if skip_bad_images:
+        splits = tuple(drop_bad_images(s) for s in splits)
+    return splits
+
+
+def drop_bad_images(images: ImageSet) -> ImageSet:
+    """Decode every file once; keep the good ones and report how many were skipped."""
+    good = []
+    for index, source in enumerate(images.sources):
+        try:
+            with Image.open(source) as image:
+                image.convert("RGB")
+            good.append(index)
+        except (OSError, SyntaxError, ValueError):
+            log.warning("skipping undecodable image %s", source)
+    skipped = len(images) - len(good)
+    if skipped:
+        log.warning("skipped %d undecodable image(s) of %d", skipped, len(images))
+    kept = _relabel([images.sources[i] for i in good], images.labels[good].tolist())
+    kept.root, kept.skipped = images.root, skipped
+    return kept
+
+
+def fingerprint(train: ImageSet, test: ImageSet) -> str:
+    """A short hash of both splits' file names (or pixels) and labels."""
+    digest = hashlib.sha256()
+    for split in (train, test):
+        for source, label in zip(split.sources, split.labels.tolist()):
+            if isinstance(source, Image.Image):
+                digest.update(source.tobytes())
+            else:
+                digest.update(str(Path(source).relative_to(split.root) if split.root else source).encode())
+            digest.update(str(label).encode())
+    return digest.hexdigest()[:16]
+
+
+# --- sampling -----------------------------------------------------------------------------------
+class ClassBalancedBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``classes_per_batch`` classes x ``samples_per_class`` images each.
+
+    The batches of an epoch depend only on (seed, epoch), so a resumed run sees exactly the
+    batches an uninterrupted one would. Under DistributedDataParallel each rank takes every
+    ``world_size``-th batch and all ranks get the same number of batches.
+    A class with fewer images than ``samples_per_class`` is sampled with replacement.
+    """
+
+    def __init__(self, labels: np.ndarray, classes_per_batch: int, samples_per_class: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        labels = np.asarray(labels)
+        self.classes = np.unique(labels)
+        if len(self.classes) < classes_per_batch:
+            raise S2SDError(
+                f"a batch needs {classes_per_batch} classes (--batch-size / --samples-per-class) but the "
+                f"training split has only {len(self.classes)}; lower --batch-size or raise --samples-per-class"
+            )
+        self.members = [np.flatnonzero(labels == c) for c in self.classes]
+        self.small_classes = sum(len(m) < samples_per_class for m in self.members)
+        self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        batch_size = classes_per_batch * samples_per_class
+        self.batches_per_rank = max(1, len(labels) // batch_size // world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch}
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for batch in range(self.batches_per_rank * self.world_size):
+            classes = rng.choice(len(self.classes), self.classes_per_batch, replace=False)
+            indices = [self._pick(rng, self.members[c]) for c in classes]
+            if batch % self.world_size == self.rank:
+                yield np.concatenate(indices).tolist()
+
+    def _pick(self, rng: np.random.Generator, members: np.ndarray) -> np.ndarray:
+        replace = len(members) < self.samples_per_class
+        return rng.choice(members, self.samples_per_class, replace=replace)
+
