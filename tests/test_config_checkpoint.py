@@ -1,0 +1,141 @@
+"""Configuration layering and atomic, pickle-free checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from s2sd_deploy.checkpoint import atomic_path, load_checkpoint, save_checkpoint, student_state
+from s2sd_deploy.config import TrainConfig, build_train_config
+from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.model import EmbeddingModel, build_model
+
+
+def test_layers_defaults_preset_file_flags(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('epochs = 3\nlr = 0.01\n[s2sd]\ndistill-weight = 10.0\n')
+    cfg = build_train_config({"lr": 0.5}, toml)
+    assert cfg.backbone == "resnet18"  # digits preset over the paper default
+    assert cfg.epochs == 3 and cfg.distill_weight == 10.0  # file over preset/defaults
+    assert cfg.lr == 0.5  # flag over file
+    assert cfg.target_dims == [512, 1024, 1536, 2048] and cfg.pool_aggregation  # msdfa
+
+
+def test_paper_defaults_for_real_datasets():
+    cfg = build_train_config({"dataset": "cub200", "data_root": "/data"})
+    assert (cfg.backbone, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.samples_per_class) == ("resnet50", 1e-5, 4e-4, 112, 2)
+    assert (cfg.distill_weight, cfg.feature_weight, cfg.feature_delay, cfg.temperature) == (50.0, 50.0, 1000, 1.0)
+    assert cfg.freeze_bn is True and cfg.image_size == 224 and cfg.resize_size == 256
+
+
+@pytest.mark.parametrize("variant,dims,feature,pool", [
+    ("dsd", [2048], False, False), ("msd", [512, 1024, 1536, 2048], False, False),
+    ("msdf", [512, 1024, 1536, 2048], True, False), ("msdfa", [512, 1024, 1536, 2048], True, True),
+])
+def test_variants(variant, dims, feature, pool):
+    cfg = build_train_config({"variant": variant})
+    assert (cfg.target_dims, cfg.feature_distill, cfg.pool_aggregation) == (dims, feature, pool)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"criterion": "arcface"}, "choose one of: multisimilarity, margin, triplet"),
+    ({"dataset": "cub200"}, "--data-root is required"),
+    ({"batch_size": 81}, "multiple of --samples-per-class"),
+    ({"samples_per_class": 1, "batch_size": 5}, "at least 2"),
+])
+def test_invalid_options_name_the_problem(overrides, message):
+    with pytest.raises(S2SDError, match=message):
+        build_train_config(overrides)
+
+
+def test_unknown_key_in_file_is_rejected(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text("learning_rate = 1\n")
+    with pytest.raises(S2SDError, match="unknown option.*learning_rate"):
+        build_train_config({}, toml)
+
+
+def test_config_round_trips_through_json():
+    cfg = build_train_config({"seed": 3})
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.hash() == cfg.hash()
+
+
+def test_checkpoint_round_trip_with_optimizer(tmp_path):
+    cfg = build_train_config({"target_dims": [8], "embed_dim": 4})
+    model = build_model(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 3, 32, 32)).embeddings.sum().backward()
+    optimizer.step()
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model.state_dict(), {"beta": torch.ones(3)}, optimizer.state_dict(), {"epoch": 2})
+    loaded = load_checkpoint(path)
+    assert loaded["training_state"] == {"epoch": 2}
+    assert torch.equal(loaded["criterion"]["beta"], torch.ones(3))
+    assert all(k.startswith(("backbone.", "student.", "teachers.")) for k in loaded["model"])
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(loaded["optimizer"])
+    for a, b in zip(fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"])
+    assert not any(k.startswith("teachers.") for k in student_state(loaded["model"]))
+
+
+def test_failed_write_leaves_previous_file_intact(tmp_path):
+    target = tmp_path / "f.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_foreign_file_is_not_a_checkpoint(tmp_path):
+    bogus = tmp_path / "x.safetensors"
+    bogus.write_bytes(b"not safetensors")
+    with pytest.raises(S2SDError, match="not a readable safetensors"):
+        load_checkpoint(bogus)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(bogus))
+    with pytest.raises(S2SDError, match="not an s2sd checkpoint"):
+        load_checkpoint(bogus)
+
+
+def test_frozen_batchnorm_stays_in_eval_mode():
+    cfg = build_train_config({"freeze_bn": True, "target_dims": [8]})
+    model = build_model(cfg).train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    assert model.student.training
+
+
+def test_model_parts_have_separate_prefixes():
+    model = EmbeddingModel(torch.nn.Conv2d(3, 6, 3), 6, 4, target_dims=[8, 16])
+    prefixes = {k.split(".")[0] for k in model.state_dict()}
+    assert prefixes == {"backbone", "student", "teachers"}
+    out = model(torch.randn(2, 3, 9, 9))
+    assert out.embeddings.shape == (2, 4) and [t.shape[1] for t in out.teacher_embeddings] == [8, 16]
+    assert torch.allclose(out.embeddings.norm(dim=1), torch.ones(2))
+    assert torch.allclose(model.embed(torch.randn(2, 3, 9, 9)).norm(dim=1), torch.ones(2))
+
+
+def test_local_weights_file(tmp_path):
+    import torchvision
+    from safetensors.torch import save_file
+
+    from s2sd_deploy.model import build_backbone
+
+    reference = torchvision.models.resnet18()
+    save_file(reference.state_dict(), str(tmp_path / "r18.safetensors"))
+    torch.save(reference.state_dict(), tmp_path / "r18.pt")
+    for name in ("r18.safetensors", "r18.pt"):
+        backbone = build_backbone("resnet18", weights_file=str(tmp_path / name))
+        assert torch.equal(backbone[0].weight, reference.conv1.weight)
+    with pytest.raises(S2SDError, match="weights file not found"):
+        build_backbone("resnet18", weights_file=str(tmp_path / "missing.pt"))
+    with pytest.raises(S2SDError, match="unknown --backbone 'resnet5'"):
+        build_backbone("resnet5")

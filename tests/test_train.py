@@ -1,0 +1,146 @@
+"""End-to-end training: run directory, SIGKILL + resume, torchrun with 2 processes, NaN stop, CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from s2sd_deploy.config import build_train_config
+from s2sd_deploy.errors import TrainingDiverged
+from s2sd_deploy.losses import S2SDLoss
+from s2sd_deploy.train import Trainer, train
+
+# Small enough for seconds per epoch on one core: 16 px digits, 10 images per class and batch.
+FAST = ["--image-size", "16", "--resize-size", "18", "--batch-size", "20", "--samples-per-class", "4",
+        "--target-dims", "32,64", "--embed-dim", "8", "--feature-delay", "5"]
+FAST_DICT = dict(image_size=16, resize_size=18, batch_size=20, samples_per_class=4, target_dims=[32, 64],
+                 embed_dim=8, feature_delay=5)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def s2sd(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "s2sd_deploy.cli", *args], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_run_directory_contents(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {"config.json", "best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "curves.png"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    meta = json.loads((trained_run / "config.json").read_text())
+    assert meta["config"]["target_dims"] == [64, 128] and len(meta["dataset_fingerprint"]) == 16
+    assert meta["package_version"] and meta["config_hash"]
+    keys = load_file(str(trained_run / "best.safetensors")).keys()
+    assert {k.split(".")[0] for k in keys} == {"backbone", "student", "teachers", "optimizer"}
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert 0 < summary["final"]["recall@1"] <= 1 and summary["peak_memory_mb"] > 0
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["epoch"] == 1 and "recall@1" in rows[0] and rows[0]["distill"] >= 0
+
+
+def _digest(path: Path) -> dict[str, str]:
+    return {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in load_file(str(path)).items()}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
+    common = [*FAST, "--epochs", "3", "--out-dir", str(tmp_path), "--seed", "7"]
+    reference = s2sd("train", *common, "--run-name", "whole")
+    killed = s2sd("train", *common, "--run-name", "killed")
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.05)
+    first_epoch = json.loads(metrics.read_text().splitlines()[0])
+    time.sleep(0.4 * first_epoch["elapsed_s"] / 2)  # well inside epoch 2
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "summary.json").exists(), "the run finished before it was killed"
+
+    resumed = s2sd("train", "--resume", str(tmp_path / "killed"))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert reference.wait(timeout=300) == 0
+    assert _digest(tmp_path / "killed" / "last.safetensors") == _digest(tmp_path / "whole" / "last.safetensors")
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "s2sd_deploy.cli", "train",
+         *FAST, "--epochs", "1", "--out-dir", str(tmp_path), "--run-name", "ddp"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["final"]["recall@1"] > 0
+    assert result.stdout.count("run: ") == 1  # only rank 0 reports
+    assert not [p for p in (tmp_path / "ddp").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = build_train_config({**FAST_DICT, "epochs": 3, "out_dir": str(tmp_path), "run_name": "nan"})
+    trainer = Trainer(cfg, tmp_path / "nan")
+    steps_per_epoch = len(trainer.sampler)
+    poison_step = steps_per_epoch + 2  # third batch of epoch 2
+    original = S2SDLoss.forward
+
+    def forward(self, output, labels, step):
+        result = original(self, output, labels, step)
+        if step == poison_step:
+            result.total = result.total * float("nan")
+        return result
+
+    monkeypatch.setattr(S2SDLoss, "forward", forward)
+    last = tmp_path / "nan" / "last.safetensors"
+    with pytest.raises(TrainingDiverged, match=f"at step {poison_step} \\(epoch 2, batch 3\\)") as error:
+        trainer.fit()
+    assert str(last) in str(error.value)
+    with safe_open(str(last), "pt") as handle:
+        assert json.loads(handle.metadata()["training_state"])["state"]["epoch"] == 1
+
+
+def test_cli_prints_recall_nmi_and_run_path(tmp_path):
+    process = s2sd("train", *FAST, "--epochs", "1", "--out-dir", str(tmp_path), "--run-name", "cli", "--no-s2sd")
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "Recall@1 " in out and "NMI " in out and f"run: {tmp_path / 'cli'}" in out
+    meta = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert meta["config"]["s2sd"] is False
+    assert not any(k.startswith("teachers.") for k in load_file(str(tmp_path / "cli" / "best.safetensors")))
+
+
+def test_cli_bad_option_is_one_line(tmp_path):
+    process = s2sd("train", "--criterion", "arcface", "--out-dir", str(tmp_path))
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert err.strip().splitlines() == ["error: invalid --criterion 'arcface'; choose one of: multisimilarity, margin, triplet"]
+
+
+def test_existing_run_is_not_overwritten(trained_run):
+    cfg = build_train_config({"out_dir": str(trained_run.parent), "run_name": trained_run.name})
+    with pytest.raises(Exception, match="already holds a run; pass --resume"):
+        train(cfg)
+
+
+def test_missing_cuda_is_refused_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    process = s2sd("train", "--device", "cuda", "--out-dir", str(tmp_path))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 3 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
