@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 
 $(BIN)/s2sd-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[cpu,dev]'
 	touch $@
 

@@ -13,7 +13,7 @@ import os
 import resource
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, write_json_atomic, write_text_atomic
+from .checkpoint import BEST, LAST, atomic_path, load_checkpoint, read_json, save_checkpoint, write_json_atomic, write_text_atomic
 from .config import TrainConfig
 from .data import ClassBalancedBatchSampler, LabelledImages, fingerprint, load_splits, train_transform
 from .errors import MissingDependencyError, S2SDError, TrainingDiverged
@@ -318,8 +318,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     right.set(xlabel="epoch", title="test metrics (unseen classes)")
     right.legend()
     figure.tight_layout()
-    from .checkpoint import atomic_path
-
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
@@ -339,7 +337,12 @@ def resume(run_dir: str | Path, epochs: int | None = None) -> dict:
     run = read_run(run_dir)
     if not (run.path / LAST).is_file():
         raise S2SDError(f"{run.path} has no {LAST}: no epoch completed, start the run again")
-    cfg = run.config if epochs is None else type(run.config)(**{**run.config.to_dict(), "epochs": epochs})
+    cfg = run.config
+    if epochs is not None and epochs != cfg.epochs:
+        cfg = replace(cfg, epochs=epochs)
+        if int(os.environ.get("RANK", "0")) == 0:  # the folder must keep describing the run
+            write_json_atomic(run.path / "config.json", {**read_json(run.path / "config.json"),
+                                                          "config": cfg.to_dict(), "config_hash": cfg.hash()})
     try:
         return Trainer(cfg, run.path, resume=True).fit()
     finally:

@@ -139,3 +139,18 @@ def test_local_weights_file(tmp_path):
         build_backbone("resnet18", weights_file=str(tmp_path / "missing.pt"))
     with pytest.raises(S2SDError, match="unknown --backbone 'resnet5'"):
         build_backbone("resnet5")
+
+
+def test_pretrained_without_network_is_one_clear_error(monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    from s2sd_deploy.model import build_backbone
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models, "get_model", offline)
+    with pytest.raises(S2SDError, match="could not download the pretrained resnet50 weights.*--weights"):
+        build_backbone("resnet50", pretrained=True)
