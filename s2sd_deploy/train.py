@@ -50,9 +50,12 @@ def init_distributed(cuda: bool) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Distributed()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)  # nccl needs each process bound to its own GPU first
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    return Distributed(dist.get_rank(), world_size, local_rank)
 
 
 def select_device(requested: str, local_rank: int = 0) -> torch.device:

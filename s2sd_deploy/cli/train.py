@@ -38,7 +38,7 @@ Run = "Run"
 @app.command(
     help="Train an embedding model with S2SD teacher heads; write a self-contained run directory.\n\n"
     "Defaults are the paper's (SPEC.md) except where the dataset's preset says otherwise: "
-    "digits uses resnet18 at 32 px, lr 1e-3, 12 epochs, batches of 5 classes x 16, feature delay 60. "
+    "digits uses resnet18 at 32 px, lr 1e-4, 12 epochs, batches of 5 classes x 16, feature delay 60. "
     "Options given on the command line override --config." + EXAMPLES,
     no_args_is_help=False,
 )
@@ -78,7 +78,7 @@ def train(
     feature_weight: Annotated[Optional[float], typer.Option(help="Weight w_f of feature distillation. [default: 50; the paper uses 5 for SOP with margin]", rich_help_panel=S2SD)] = None,
     feature_delay: Annotated[Optional[int], typer.Option(help="Training iterations before feature distillation starts. [default: 1000; digits 60]", rich_help_panel=S2SD)] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam | adamw | sgd. [default: adam]", rich_help_panel=Optim)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of network and teachers. [default: 1e-5; digits 1e-3]", rich_help_panel=Optim)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate of network and teachers. [default: 1e-5; digits 1e-4]", rich_help_panel=Optim)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay. [default: 4e-4; digits 1e-4]", rich_help_panel=Optim)] = None,
     lr_steps: Annotated[Optional[str], typer.Option(help="Epochs at which the lr is multiplied by --lr-gamma, comma-separated. [default: none]", rich_help_panel=Optim)] = None,
     lr_gamma: Annotated[Optional[float], typer.Option(help="Factor of the step schedule. [default: 0.3]", rich_help_panel=Optim)] = None,
