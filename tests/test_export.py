@@ -1,0 +1,151 @@
+"""s2sd export: a teacher-free, self-describing ONNX file that embeds like PyTorch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from s2sd_deploy.export import ExportConfig, export_run
+from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.rundir import load_trained_model
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    report = export_run(ExportConfig(run=str(trained_run), out=str(out), with_teacher=False, triton=True))
+    return out, report
+
+
+def test_graph_interface_and_checker(exported):
+    out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["embeddings"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert not list(out.glob("*.data")), "weights must be inside the one file"
+
+
+def test_no_teacher_or_criterion_weights(exported, trained_run):
+    out, _ = exported
+    model = onnx.load(str(out / "model.onnx"))
+    initializer_bytes = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+    trained, _ = load_trained_model(trained_run)
+    student_bytes = sum(v.numel() * v.element_size() for k, v in trained.state_dict().items()
+                        if k.startswith(("backbone.", "student.")) and not k.endswith("num_batches_tracked"))
+    teacher_bytes = sum(p.numel() * p.element_size() for p in trained.teachers.parameters())
+    assert teacher_bytes > 0 and initializer_bytes == student_bytes
+    names = " ".join(i.name for i in model.graph.initializer) + " ".join(n.name for n in model.graph.node)
+    assert "teacher" not in names and "criterion" not in names
+
+
+def test_metadata_describes_preprocessing_and_provenance(exported, trained_run):
+    out, _ = exported
+    meta = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    config = json.loads((trained_run / "config.json").read_text())
+    assert meta["embedding_dim"] == "16" and meta["image_size"] == "32" and meta["resize_size"] == "36"
+    assert meta["interpolation"] == "bilinear" and meta["channel_order"] == "RGB" and meta["normalized"] == "true"
+    assert json.loads(meta["mean"]) == [0.485, 0.456, 0.406] and json.loads(meta["std"]) == [0.229, 0.224, 0.225]
+    assert meta["run_id"] == "tiny" and meta["config_hash"] == config["config_hash"]
+    assert meta["dataset"] == "digits" and meta["package_version"] == config["package_version"]
+    assert "recall@1" in json.loads(meta["test_metrics"])
+
+
+def test_parity_report_within_bounds(exported):
+    out, report = exported
+    figures = json.loads((out / "export_report.json").read_text())["parity"]["embeddings"]
+    assert figures == report["parity"]["embeddings"]
+    assert figures["max_abs_diff"] <= 1e-5 and figures["min_cosine"] >= 0.99999
+    assert figures["recall@1_torch"] == figures["recall@1_onnxruntime"] and figures["images"] > 800
+    assert figures["passed"]
+
+
+def test_outputs_are_unit_norm_for_any_batch(exported):
+    import onnxruntime as ort
+
+    out, _ = exported
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        embeddings = session.run(None, {"images": np.random.rand(batch, 3, 32, 32).astype(np.float32)})[0]
+        assert embeddings.shape == (batch, 16) and embeddings.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
+def test_triton_repository_matches_onnx(exported):
+    out, _ = exported
+    config = (out / "triton" / "s2sd_embedder" / "config.pbtxt").read_text()
+    assert (out / "triton" / "s2sd_embedder" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert 'name: "images"' in config and "dims: [3, 32, 32]" in config
+    assert 'name: "embeddings"' in config and "dims: [16]" in config
+    assert "dynamic_batching" in config and "max_batch_size: 128" in config and 'platform: "onnxruntime_onnx"' in config
+
+
+def test_with_teacher_adds_verified_teacher_output(trained_run, tmp_path):
+    report = export_run(ExportConfig(run=str(trained_run), out=str(tmp_path), with_teacher=True, verify_limit=64))
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.name for o in model.graph.output] == ["embeddings", "teacher_embeddings"]
+    assert model.graph.output[1].type.tensor_type.shape.dim[1].dim_value == 128
+    assert report["parity"]["teacher_embeddings"]["passed"] and report["metadata"]["teacher_dim"] == "128"
+
+
+def test_broken_parity_fails_the_export(trained_run, tmp_path, monkeypatch):
+    import s2sd_deploy.export as export_module
+
+    original = export_module._onnx_embeddings
+    monkeypatch.setattr(export_module, "_onnx_embeddings", lambda path, loader: [e + 1e-3 for e in original(path, loader)])
+    with pytest.raises(S2SDError, match="disagree on embeddings: max \\|diff\\| 1.00e-03"):
+        export_run(ExportConfig(run=str(trained_run), out=str(tmp_path), verify_limit=32))
+    assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda run: (run / "best.safetensors").unlink(), "no best checkpoint"),
+    (lambda run: (run / "config.json").write_text('{"format": "s2sd-run/0"}'), "incompatible version"),
+])
+def test_bad_runs_are_named(trained_run, tmp_path, change, message):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    change(run)
+    with pytest.raises(S2SDError, match=message):
+        export_run(ExportConfig(run=str(run), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_cli_trt_without_tensorrt_writes_onnx_and_exits_3(trained_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("tensorrt is installed here")
+    except ImportError:
+        pass
+    result = subprocess.run(
+        [sys.executable, "-m", "s2sd_deploy.cli", "export", str(trained_run), "--engine", "trt",
+         "--out", str(tmp_path), "--verify-limit", "32"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+    )
+    assert result.returncode == 3, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "tensorrt package is not installed" in error_lines[0] and "pip install" in error_lines[0]
+    assert (tmp_path / "model.onnx").is_file()
+    assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "onnx-only"
+
+
+def test_cli_invalid_engine(trained_run):
+    result = subprocess.run([sys.executable, "-m", "s2sd_deploy.cli", "export", str(trained_run), "--engine", "tflite"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "choose one of: onnx, trt" in result.stderr
