@@ -14,10 +14,10 @@ def nearest_neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
     index.add(embeddings)
     k = min(k + 1, len(embeddings))
     _, neighbours = index.search(embeddings, k)
-    return _drop_self(neighbours)
+    return drop_self(neighbours)
 
 
-def _drop_self(neighbours: np.ndarray) -> np.ndarray:
+def drop_self(neighbours: np.ndarray) -> np.ndarray:
     """Remove each query from its own result list (it need not come first when there are ties)."""
     n, k = neighbours.shape
     is_self = neighbours == np.arange(n)[:, None]
