@@ -20,7 +20,7 @@ Examples:
 
   s2sd train --dataset cub200 --data-root ~/data/CUB_200_2011 --pretrained --backbone resnet50 --device cuda
 
-  s2sd train --config train/cub200_resnet50-128_multisimilarity_msdfa.toml --data-root ~/data/cub
+  s2sd train --config train/cub200-r50-128-multisimilarity-msdfa.toml --data-root ~/data/CUB_200_2011
 
   s2sd train --resume runs/digits-msdfa-20261124-101500
 

@@ -1,0 +1,49 @@
+"""s2sd report: configuration differences and metrics of several runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from s2sd_deploy.cli import _register_commands, app
+from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.report import comparison_table, config_differences, load_rows
+
+_register_commands()
+
+
+@pytest.fixture
+def two_runs(trained_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    meta = json.loads((other / "config.json").read_text())
+    meta["config"].update(seed=5, distill_weight=10.0)
+    (other / "config.json").write_text(json.dumps(meta))
+    summary = json.loads((other / "summary.json").read_text())
+    summary["final"]["recall@1"] = 0.5
+    (other / "summary.json").write_text(json.dumps(summary))
+    return [trained_run, other]
+
+
+def test_differences_and_metrics(two_runs):
+    rows = load_rows(two_runs)
+    assert config_differences(rows) == ["distill_weight", "seed"]
+    header, cells = comparison_table(rows)
+    assert header[:3] == ["run", "distill_weight", "seed"] and "recall@1 (final)" in header
+    assert cells[1][1:3] == ["10.0", "5"] and cells[1][header.index("recall@1 (final)")] == "0.5000"
+
+
+def test_cli_writes_markdown_and_plot(two_runs, tmp_path):
+    result = CliRunner().invoke(app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")])
+    assert result.exit_code == 0, result.output
+    assert "| run | distill_weight | seed |" in (tmp_path / "r.md").read_text()
+    assert (tmp_path / "r.png").stat().st_size > 0 and "runs compared" in result.output
+
+
+def test_unfinished_run_is_named(two_runs):
+    (two_runs[1] / "summary.json").unlink()
+    with pytest.raises(S2SDError, match="has no summary.json"):
+        load_rows(two_runs)
