@@ -1,0 +1,13 @@
+"""Record `s2sd bench-latency` into bench/results/ (same options as the command).
+
+Usage:
+  .venv/bin/python bench/bench_latency.py --out bench/results/latency-default
+  .venv/bin/python bench/bench_latency.py --run runs/digits-default --out bench/results/latency-digits
+"""
+
+import sys
+
+from s2sd_deploy.cli import main
+
+if __name__ == "__main__":
+    main(["bench-latency", *sys.argv[1:]])
