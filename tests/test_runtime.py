@@ -139,3 +139,11 @@ def test_shards_concatenate_to_the_whole():
         assert sum((shard_of(items, (k, n)) for k in range(1, n + 1)), []) == items
     with pytest.raises(S2SDError, match="K must be between 1 and N"):
         shard_of(items, (0, 4))
+
+
+def test_gpu_machine_running_on_cpu_gets_a_warning(model_path, monkeypatch, caplog):
+    monkeypatch.setattr("s2sd_deploy.runtime._gpu_visible", lambda: True)
+    with caplog.at_level("WARNING", logger="s2sd_deploy.runtime"):
+        embedder = Embedder(model_path)
+    assert embedder.provider == "CPUExecutionProvider"
+    assert "GPU is visible but onnxruntime runs on the CPU" in caplog.text and "onnxruntime-gpu" in caplog.text
