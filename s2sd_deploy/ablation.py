@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_path, write_json_atomic, write_text_atomic
+from .checkpoint import write_json_atomic, write_text_atomic
+from .plots import pyplot, save_figure
 
 ARMS = {
     "baseline": {"s2sd": False},
@@ -90,11 +91,7 @@ def markdown(results: dict, command: str) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     dims = sorted({row["dim"] for row in results["table"]})
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("recall@1", "nmi")):
@@ -106,10 +103,7 @@ def plot(results: dict, path: Path) -> None:
             axis.set_xticks(np.arange(len(rows)), [r["arm"] for r in rows])
         axis.set(title=f"{metric} on unseen digits 5-9 (mean ± std over seeds)", ylabel=metric)
         axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_ablation(results: dict, out: Path, command: str = "python bench/ablation.py") -> None:

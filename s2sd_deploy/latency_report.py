@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_path, write_text_atomic
+from .checkpoint import write_text_atomic
+from .plots import pyplot, save_figure
 
 
 def _plain(value):
@@ -81,7 +82,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def plot_latency(results: dict, path: Path) -> None:
     """Exact-search p50 latency against gallery size, one line per dimension, per batch (log-log)."""
-    plt = _pyplot()
+    plt = pyplot()
     batches = sorted({r["batch"] for r in results.get("retrieval", [])})
     figure, axes = plt.subplots(1, max(1, len(batches)), figsize=(5 * max(1, len(batches)), 4), squeeze=False)
     for axis, batch in zip(axes[0], batches):
@@ -92,7 +93,7 @@ def plot_latency(results: dict, path: Path) -> None:
                 axis.loglog(*zip(*points), marker="o", label=f"{dim}-d")
         axis.set(xlabel="gallery size (synthetic)", ylabel="p50 latency per batch, ms", title=f"exact search, batch {batch}")
         axis.legend()
-    _save(plt, figure, path)
+    save_figure(figure, path)
 
 
 def plot_recall_vs_latency(results: dict, path: Path) -> None:
@@ -100,7 +101,7 @@ def plot_recall_vs_latency(results: dict, path: Path) -> None:
     accuracy = results.get("accuracy")
     if not accuracy:
         return
-    plt = _pyplot()
+    plt = pyplot()
     largest = max(r["gallery"] for r in results["retrieval"])
     latency = {r["dim"]: r["p50_ms"] for r in results["retrieval"] if r["index"] == "flat" and r["batch"] == 1 and r["gallery"] == largest}
     cascade = {r["method"]: r["p50_ms"] for r in results.get("cascade_latency", []) if r["batch"] == 1}
@@ -113,23 +114,7 @@ def plot_recall_vs_latency(results: dict, path: Path) -> None:
             axis.annotate(name, (ms, values["recall@1"]), fontsize=8)
     axis.set(xscale="log", xlabel=f"p50 latency at batch 1, ms (N={largest:,}, synthetic)",
              ylabel=f"Recall@1 ({accuracy['dataset']})", title="what each dimension buys, and the cascade")
-    _save(plt, figure, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, figure, path: Path) -> None:
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_results(results: dict, out: Path) -> dict[str, Path]:

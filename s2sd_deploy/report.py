@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import atomic_path, read_json, write_text_atomic
+from .checkpoint import read_json, write_text_atomic
+from .plots import pyplot, save_figure
 from .errors import S2SDError
 from .rundir import read_run
 
@@ -64,12 +65,9 @@ def markdown_table(header: list[str], cells: list[list[str]]) -> str:
 
 def plot_runs(rows: list[RunRow], path: Path) -> None:
     """Grouped bars of final Recall@1, NMI and mAP@R per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     metrics = [m for m in ("recall@1", "nmi", "map@r") if any(m in r.final for r in rows)]
     figure, axis = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4))
     positions = np.arange(len(rows))
@@ -79,10 +77,7 @@ def plot_runs(rows: list[RunRow], path: Path) -> None:
     axis.set_xticks(positions + width * (len(metrics) - 1) / 2, [r.name for r in rows], rotation=30, ha="right", fontsize=8)
     axis.set(ylabel="final test metric", title="runs compared")
     axis.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def write_report(rows: list[RunRow], markdown_path: Path | None = None, plot_path: Path | None = None) -> str:

@@ -22,13 +22,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import BEST, LAST, atomic_path, load_checkpoint, read_json, save_checkpoint, write_json_atomic, write_text_atomic
+from .checkpoint import BEST, LAST, load_checkpoint, read_json, save_checkpoint, write_json_atomic, write_text_atomic
 from .config import TrainConfig
 from .data import ClassBalancedBatchSampler, LabelledImages, fingerprint, load_splits, train_transform
 from .errors import MissingDependencyError, S2SDError, TrainingDiverged
 from .evaluation import evaluate_model
 from .losses import S2SDLoss, build_loss
 from .model import EmbeddingModel, build_model
+from .plots import pyplot, save_figure
 from .rundir import RUN_FORMAT, read_run
 
 log = logging.getLogger(__name__)
@@ -307,12 +308,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """Training loss and test metrics per epoch, as one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, right) = pyplot().subplots(1, 2, figsize=(10, 4))
     left.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
     left.set(xlabel="epoch", ylabel="training loss", title="loss")
     evaluated = [r for r in history if "recall@1" in r]
@@ -320,10 +316,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         right.plot([r["epoch"] for r in evaluated], [r[key] for r in evaluated], marker="o", label=key)
     right.set(xlabel="epoch", title="test metrics (unseen classes)")
     right.legend()
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def train(cfg: TrainConfig) -> dict:

@@ -14,11 +14,3 @@ def int_list(value: str | None, option: str) -> list[int] | None:
     except ValueError:
         raise S2SDError(f"{option} takes comma-separated whole numbers, e.g. 512,1024; got {value!r}") from None
 
-
-def float_list(value: str | None, option: str) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        return [float(part) for part in value.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise S2SDError(f"{option} takes comma-separated numbers, e.g. 1e4,1e5; got {value!r}") from None
