@@ -31,28 +31,34 @@ def grouped_topk(scores: torch.Tensor, k: int, group: int = GROUP) -> tuple[torc
         return torch.topk(scores, min(k, n), dim=1)
     maxima = scores[:, :full].reshape(queries, -1, group).amax(dim=2)  # (Q, N / group)
     groups = torch.topk(maxima, k, dim=1).indices  # (Q, k)
-    columns = (groups[:, :, None] * group + torch.arange(group)).reshape(queries, -1)  # (Q, k * group)
+    columns = (groups[:, :, None] * group + torch.arange(group, device=scores.device)).reshape(queries, -1)  # (Q, k * group)
     candidates = torch.gather(scores, 1, columns)
     if full < n:  # the ragged tail is always a candidate
-        columns = torch.cat([columns, torch.arange(full, n).expand(queries, -1)], dim=1)
+        columns = torch.cat([columns, torch.arange(full, n, device=scores.device).expand(queries, -1)], dim=1)
         candidates = torch.cat([candidates, scores[:, full:]], dim=1)
     values, order = torch.topk(candidates, k, dim=1)
     return values, torch.gather(columns, 1, order)
 
 
 class ExactSearch:
-    """Inner-product k-NN over a gallery (N, d) with one of :data:`EXACT_KERNELS`."""
+    """Inner-product k-NN over a gallery (N, d) with one of :data:`EXACT_KERNELS`.
 
-    def __init__(self, gallery: np.ndarray, kernel: str = "matmul-grouped"):
+    ``device="gpu"`` puts the faiss index on GPU 0 (faiss-gpu) and the matmul kernels on CUDA;
+    that path follows the faiss and torch APIs but has not run here (no GPU on these machines).
+    """
+
+    def __init__(self, gallery: np.ndarray, kernel: str = "matmul-grouped", device: str = "cpu"):
         if kernel not in EXACT_KERNELS:
             raise ValueError(f"kernel must be one of {EXACT_KERNELS}")
-        self.kernel = kernel
+        self.kernel, self.device = kernel, device
         self.gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         if kernel == "faiss-flat":
             self.index = faiss.IndexFlatIP(gallery.shape[1])
+            if device == "gpu":
+                self.index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
             self.index.add(self.gallery)
         else:
-            self.tensor = torch.from_numpy(self.gallery)
+            self.tensor = torch.from_numpy(self.gallery).to("cuda" if device == "gpu" else "cpu")
 
     @property
     def nbytes(self) -> int:
@@ -63,9 +69,10 @@ class ExactSearch:
         if self.kernel == "faiss-flat":
             return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         with torch.no_grad():
-            scores = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)) @ self.tensor.T  # (Q, N)
+            queries = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(self.tensor.device)
+            scores = queries @ self.tensor.T  # (Q, N)
             values, ids = grouped_topk(scores, k) if self.kernel == "matmul-grouped" else torch.topk(scores, k, dim=1)
-        return values.numpy(), ids.numpy()
+        return values.cpu().numpy(), ids.cpu().numpy()
 
 
 @dataclass
