@@ -1,0 +1,101 @@
+"""What S2SD adds to training: the loss alone, and a full training step.
+
+The S2SD cost is everything it adds: the teacher MLP heads' forward and backward, one criterion
+per teacher and the distillation terms. Timings are medians over repeats after a warm-up.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import build_train_config
+from .losses import build_loss
+from .model import ModelOutput, TeacherHead, build_model
+from .train import build_optimizer
+
+
+@dataclass
+class OverheadConfig:
+    """Sizes of the benchmark; defaults are the issue's (SPEC.md's training setup)."""
+
+    batch: int = 112
+    embed_dim: int = 128
+    feature_dim: int = 2048
+    target_dims: list[int] = field(default_factory=lambda: [512, 1024, 1536, 2048])
+    criterion: str = "multisimilarity"
+    backbone: str = "resnet50"
+    image_size: int = 224
+    loss_repeats: int = 20
+    step_repeats: int = 3
+
+
+def _median_seconds(function, repeats: int) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def _labels(batch: int) -> torch.Tensor:
+    return torch.arange(batch) // 2  # 2 samples per class, as in the paper
+
+
+def loss_overhead(cfg: OverheadConfig) -> dict:
+    """Forward+backward of heads and loss on fixed features f (B, F): plain criterion vs S2SD (MSDF)."""
+    train_cfg = build_train_config({"criterion": cfg.criterion, "embed_dim": cfg.embed_dim, "target_dims": cfg.target_dims,
+                                    "variant": "msdf", "feature_delay": 0})
+    labels = _labels(cfg.batch)
+    features = torch.randn(cfg.batch, cfg.feature_dim, requires_grad=True)
+    student = torch.nn.Linear(cfg.feature_dim, cfg.embed_dim)
+    teachers = torch.nn.ModuleList(TeacherHead(cfg.feature_dim, d) for d in cfg.target_dims)
+    plain = build_loss(build_train_config({"criterion": cfg.criterion, "s2sd": False}), cfg.batch // 2)
+    s2sd = build_loss(train_cfg, cfg.batch // 2)
+
+    def step(loss, with_teachers: bool):
+        embeddings = F.normalize(student(features), dim=-1)
+        heads = [F.normalize(t(features), dim=-1) for t in teachers] if with_teachers else []
+        loss(ModelOutput(embeddings, heads, features), labels, step=1).total.backward()
+
+    plain_s = _median_seconds(lambda: step(plain, False), cfg.loss_repeats)
+    s2sd_s = _median_seconds(lambda: step(s2sd, True), cfg.loss_repeats)
+    return {"plain_ms": plain_s * 1e3, "s2sd_ms": s2sd_s * 1e3, "added_ms": (s2sd_s - plain_s) * 1e3}
+
+
+def step_overhead(cfg: OverheadConfig) -> dict:
+    """A full training step (forward, loss, backward, Adam) with the backbone, with and without S2SD (MSDFA)."""
+    images = torch.randn(cfg.batch, 3, cfg.image_size, cfg.image_size)
+    labels = _labels(cfg.batch)
+    seconds = {}
+    for name, s2sd in (("plain", False), ("s2sd", True)):
+        train_cfg = build_train_config({"dataset": "cub200", "data_root": ".", "backbone": cfg.backbone, "s2sd": s2sd,
+                                        "criterion": cfg.criterion, "embed_dim": cfg.embed_dim, "target_dims": cfg.target_dims,
+                                        "image_size": cfg.image_size, "resize_size": cfg.image_size, "feature_delay": 0})
+        torch.manual_seed(0)
+        model = build_model(train_cfg).train()
+        loss = build_loss(train_cfg, cfg.batch // 2)
+        optimizer = build_optimizer(train_cfg, model, loss)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss(model(images), labels, step=1).total.backward()
+            optimizer.step()
+
+        seconds[name] = _median_seconds(step, cfg.step_repeats)
+    return {"plain_s": seconds["plain"], "s2sd_s": seconds["s2sd"], "overhead": seconds["s2sd"] / seconds["plain"] - 1}
+
+
+def run_overhead(cfg: OverheadConfig, with_step: bool = True) -> dict:
+    from .env import machine_info
+
+    result = {"config": asdict(cfg), "machine": machine_info(), "loss": loss_overhead(cfg)}
+    if with_step:
+        result["step"] = step_overhead(cfg)
+    return result
