@@ -1,0 +1,148 @@
+"""Dataset loaders on tiny trees in each official layout, bad data, and the batch sampler."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from s2sd_deploy.data import (ClassBalancedBatchSampler, LabelledImages, eval_transform, load_digits_splits,
+                              load_splits)
+from s2sd_deploy.config import build_train_config
+from s2sd_deploy.errors import S2SDError
+
+
+def _image(path, seed=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(path)
+
+
+def _check_splits(train, test, train_classes, test_classes, per_class):
+    assert (train.num_classes, test.num_classes) == (train_classes, test_classes)
+    assert len(train) == train_classes * per_class and len(test) == test_classes * per_class
+    assert sorted(set(train.labels.tolist())) == list(range(train_classes))
+    assert not {str(p.parent) for p in train.sources} & {str(p.parent) for p in test.sources}
+
+
+def test_cub200_layout(tmp_path):
+    for c in range(1, 201):
+        for i in range(2):
+            _image(tmp_path / "CUB_200_2011" / "images" / f"{c:03d}.Bird_{c}" / f"{i}.jpg", c)
+    train, test = load_splits("cub200", str(tmp_path))
+    _check_splits(train, test, 100, 100, 2)
+    assert all(int(p.parent.name[:3]) <= 100 for p in train.sources)
+
+
+def test_cars196_from_annotations(tmp_path):
+    from scipy.io import savemat
+
+    records = np.zeros((1, 196 * 2), dtype=[("relative_im_path", "O"), ("class", "O")])
+    for n in range(196 * 2):
+        path = f"car_ims/{n:06d}.jpg"
+        _image(tmp_path / path, n)
+        records[0, n] = (np.array([path]), np.array([[n // 2 + 1]], dtype=np.uint8))
+    savemat(str(tmp_path / "cars_annos.mat"), {"annotations": records})
+    train, test = load_splits("cars196", str(tmp_path))
+    assert (train.num_classes, test.num_classes, len(train), len(test)) == (98, 98, 196, 196)
+
+
+def test_cars196_from_class_folders(tmp_path):
+    for c in range(6):
+        _image(tmp_path / f"Car Model {c}" / "a.jpg", c)
+    train, test = load_splits("cars196", str(tmp_path))
+    assert (train.num_classes, test.num_classes) == (3, 3)
+
+
+def test_sop_listing(tmp_path):
+    for name, classes in (("Ebay_train.txt", range(1, 4)), ("Ebay_test.txt", range(4, 7))):
+        lines = ["image_id class_id super_class_id path"]
+        for c in classes:
+            for i in range(2):
+                path = f"bicycle_final/{c}_{i}.JPG"
+                _image(tmp_path / "Stanford_Online_Products" / path, c)
+                lines.append(f"{len(lines)} {c} 1 {path}")
+        (tmp_path / "Stanford_Online_Products" / name).write_text("\n".join(lines) + "\n")
+    train, test = load_splits("sop", str(tmp_path))
+    assert (train.num_classes, test.num_classes, len(train), len(test)) == (3, 3, 6, 6)
+
+
+def test_imagefolder_split_by_class(tmp_path):
+    for c in range(5):
+        for i in range(3):
+            _image(tmp_path / f"class{c}" / f"{i}.png", c)
+    train, test = load_splits("imagefolder", str(tmp_path))
+    _check_splits(train, test, 3, 2, 3)
+
+
+@pytest.mark.parametrize("dataset,message", [
+    ("cub200", "images/001.Black_footed_Albatross"), ("sop", "Ebay_train.txt"),
+    ("cars196", "cars_annos.mat"), ("imagefolder", "<class name>"),
+])
+def test_missing_root_names_the_layout(tmp_path, dataset, message):
+    with pytest.raises(S2SDError, match=f"expected layout: .*{message}"):
+        load_splits(dataset, str(tmp_path / "missing"))
+
+
+def test_undecodable_image_is_named_or_skipped(tmp_path):
+    for c in range(4):
+        for i in range(2):
+            _image(tmp_path / f"c{c}" / f"{i}.png", c)
+    (tmp_path / "c0" / "broken.png").write_bytes(b"not a png")
+    train, _ = load_splits("imagefolder", str(tmp_path))
+    dataset = LabelledImages(train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8})))
+    broken = [i for i, p in enumerate(train.sources) if p.name == "broken.png"][0]
+    with pytest.raises(S2SDError, match="cannot decode image .*broken.png.*--skip-bad-images"):
+        dataset[broken]
+    kept, _ = load_splits("imagefolder", str(tmp_path), skip_bad_images=True)
+    assert len(kept) == len(train) - 1 and kept.skipped == 1
+
+
+def test_digits_split():
+    train, test = load_digits_splits()
+    assert (train.num_classes, test.num_classes) == (5, 5) and len(train) + len(test) == 1797
+    assert train.sources[0].size == (8, 8) and train.sources[0].mode == "RGB"
+
+
+def test_sampler_batches_are_balanced_and_deterministic():
+    labels = np.repeat(np.arange(10), 6)
+    sampler = ClassBalancedBatchSampler(labels, classes_per_batch=4, samples_per_class=3, seed=1)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 60 // 12
+    for batch in first:
+        classes, counts = np.unique(labels[batch], return_counts=True)
+        assert len(classes) == 4 and (counts == 3).all()
+    assert list(sampler) == first
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+
+
+def test_sampler_shards_across_ranks():
+    labels = np.repeat(np.arange(8), 10)
+    ranks = [list(ClassBalancedBatchSampler(labels, 4, 2, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    whole = list(ClassBalancedBatchSampler(labels, 4, 2, seed=0, rank=0, world_size=1))
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    assert ranks[0] == whole[0::2][:5] and ranks[1] == whole[1::2][:5]
+
+
+def test_small_classes_are_sampled_with_replacement_and_counted():
+    labels = np.array([0] * 5 + [1] * 1 + [2] * 5)
+    sampler = ClassBalancedBatchSampler(labels, 3, 4, seed=0)
+    assert sampler.small_classes == 1  # class 1 has one image for 4 slots
+    batch = next(iter(sampler))
+    assert len(batch) == 12 and batch.count(5) == 4
+
+
+def test_too_few_classes_is_a_clear_error():
+    with pytest.raises(S2SDError, match="a batch needs 6 classes .* only 5"):
+        ClassBalancedBatchSampler(np.repeat(np.arange(5), 4), 6, 2)
+
+
+def test_cli_wrong_root_exits_2_with_layout(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "s2sd_deploy.cli", "train", "--dataset", "cub200", "--data-root",
+                             str(tmp_path / "nope"), "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expected layout" in lines[0]
