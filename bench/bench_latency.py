@@ -10,4 +10,5 @@ import sys
 from s2sd_deploy.cli import main
 
 if __name__ == "__main__":
-    main(["bench-latency", *sys.argv[1:]])
+    sys.argv = ["s2sd", "bench-latency", *sys.argv[1:]]  # so results record the equivalent s2sd command
+    main(sys.argv[1:])
