@@ -70,26 +70,40 @@ def loss_overhead(cfg: OverheadConfig) -> dict:
 
 
 def step_overhead(cfg: OverheadConfig) -> dict:
-    """A full training step (forward, loss, backward, Adam) with the backbone, with and without S2SD (MSDFA)."""
+    """A full training step (forward, loss, backward, Adam) with the backbone, with and without S2SD (MSDFA).
+
+    The two steps alternate, so drift in the machine's speed (page faults, other load) hits both alike.
+    """
     images = torch.randn(cfg.batch, 3, cfg.image_size, cfg.image_size)
     labels = _labels(cfg.batch)
-    seconds = {}
-    for name, s2sd in (("plain", False), ("s2sd", True)):
-        train_cfg = build_train_config({"dataset": "cub200", "data_root": ".", "backbone": cfg.backbone, "s2sd": s2sd,
-                                        "criterion": cfg.criterion, "embed_dim": cfg.embed_dim, "target_dims": cfg.target_dims,
-                                        "image_size": cfg.image_size, "resize_size": cfg.image_size, "feature_delay": 0})
-        torch.manual_seed(0)
-        model = build_model(train_cfg).train()
-        loss = build_loss(train_cfg, cfg.batch // 2)
-        optimizer = build_optimizer(train_cfg, model, loss)
+    steps = {name: _training_step(cfg, s2sd, images, labels) for name, s2sd in (("plain", False), ("s2sd", True))}
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(cfg.step_repeats):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    plain, s2sd = float(np.median(times["plain"])), float(np.median(times["s2sd"]))
+    return {"plain_s": plain, "s2sd_s": s2sd, "overhead": s2sd / plain - 1, "all_s": times}
 
-        def step():
-            optimizer.zero_grad(set_to_none=True)
-            loss(model(images), labels, step=1).total.backward()
-            optimizer.step()
 
-        seconds[name] = _median_seconds(step, cfg.step_repeats)
-    return {"plain_s": seconds["plain"], "s2sd_s": seconds["s2sd"], "overhead": seconds["s2sd"] / seconds["plain"] - 1}
+def _training_step(cfg: OverheadConfig, s2sd: bool, images: torch.Tensor, labels: torch.Tensor):
+    train_cfg = build_train_config({"dataset": "cub200", "data_root": ".", "backbone": cfg.backbone, "s2sd": s2sd,
+                                    "criterion": cfg.criterion, "embed_dim": cfg.embed_dim, "target_dims": cfg.target_dims,
+                                    "image_size": cfg.image_size, "resize_size": cfg.image_size, "feature_delay": 0})
+    torch.manual_seed(0)
+    model = build_model(train_cfg).train()
+    loss = build_loss(train_cfg, cfg.batch // 2)
+    optimizer = build_optimizer(train_cfg, model, loss)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss(model(images), labels, step=1).total.backward()
+        optimizer.step()
+
+    return step
 
 
 def run_overhead(cfg: OverheadConfig, with_step: bool = True) -> dict:
