@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 
 from s2sd_deploy.export import ExportConfig, export_run

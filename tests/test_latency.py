@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from s2sd_deploy.cli import _register_commands, app
 from s2sd_deploy.errors import MissingDependencyError, S2SDError
-from s2sd_deploy.latency import BenchConfig, Deadline, check_memory, contrast, latency_stats, measure, run_benchmark
+from s2sd_deploy.latency import BenchConfig, check_memory, contrast, latency_stats, measure, run_benchmark
 
 _register_commands()
 
