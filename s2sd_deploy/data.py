@@ -35,6 +35,7 @@ class ImageSet:
     sources: list  # list[Path] or list[PIL.Image.Image]
     labels: np.ndarray  # (N,) int64, contiguous 0..C-1 within the split
     root: Path | None = None  # paths are reported relative to it
+    skipped: int = 0  # undecodable files dropped with --skip-bad-images
 
     def __len__(self) -> int:
         return len(self.labels)

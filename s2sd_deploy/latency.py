@@ -215,7 +215,7 @@ def contrast(rows: list[dict], student_dim: int, limits: dict) -> list[dict]:
 
 
 # --- what the dimensions buy -------------------------------------------------------------------
-def accuracy_part(run_dir: Path, cfg: BenchConfig, cost_rows: list[dict]) -> dict:
+def accuracy_part(run_dir: Path, cfg: BenchConfig) -> dict:
     """Recall@k / mAP@R of the student and every teacher on the run's test split, and the cascade."""
     from .evaluation import embed_split
     from .data import load_splits
@@ -331,7 +331,7 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
         results["cascade_latency"] = cascade_latency(cfg, student_dim, max(dims), max(cfg.gallery_sizes), deadline)
         if run_dir:
             progress(f"accuracy: embedding the test split of {run_dir}")
-            results["accuracy"] = accuracy_part(run_dir, cfg, results["retrieval"])
+            results["accuracy"] = accuracy_part(run_dir, cfg)
         else:
             results["notes"].append("no trained run found under runs/: train one with `s2sd train`, then "
                                     "`s2sd bench-latency --run runs/<run>` adds what each dimension buys")

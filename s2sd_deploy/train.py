@@ -143,7 +143,7 @@ class Trainer:
             )
 
     def _write_config(self) -> None:
-        skipped = {name: getattr(s, "skipped", 0) for name, s in (("train", self.train_set), ("test", self.test_set))}
+        skipped = {"train": self.train_set.skipped, "test": self.test_set.skipped}
         write_json_atomic(self.run_dir / "config.json", {
             "format": RUN_FORMAT,
             "run_id": self.run_dir.name,
