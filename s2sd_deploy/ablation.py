@@ -1,13 +1,15 @@
 """The S2SD ablation on the bundled digits: baseline, DSD, MSD, MSDF, MSDFA over seeds and dims.
 
-Every arm gets the same budget (epochs, batches, learning rate, augmentation); only the S2SD
-parts differ. Runs already finished in the output folder are reused, so an interrupted ablation
-continues where it stopped.
+Every arm gets the same budget (epochs, batches, augmentation) and its own learning rate, chosen
+from the same grid on held-out training classes: train on digits 0-2, validate on 3-4, keep the lr
+with the best mean validation Recall@1. The test digits 5-9 are only seen by the final runs. Runs
+already finished in the runs folder are reused, so an interrupted ablation continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,35 +35,73 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     epochs: int = 6  # same for every arm; ~11 steps per epoch on digits
-    lr: float = 1e-4  # the digits preset, for every arm
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])  # each arm picks its own from these
+    selection_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    validation_classes: int = 2  # digits 3-4 validate the lr; 0-2 train
+    selection_batch_size: int = 48  # 3 classes x 16: every class the held-out split leaves
+    selection_metric: str = "map@r"
     feature_delay: int = 30  # steps; the preset's 60 would start feature distillation late in 6 epochs
     out: str = "bench/results/ablation"
     runs_dir: str = "runs/ablation"
 
 
 def run_ablation(cfg: AblationConfig, progress=print) -> dict:
-    """Train every (dim, arm, seed) not trained yet, then aggregate and write the results."""
-    from .config import build_train_config
-    from .train import train
-
+    """Choose each arm's lr, train every (dim, arm, seed) at it, then aggregate and write the results."""
+    selection = choose_learning_rates(cfg, progress)
+    chosen = {(row["dim"], row["arm"]): row["lr"] for row in selection if row["chosen"]}
     records = []
     for dim in cfg.dims:
         for arm in cfg.arms:
             for seed in cfg.seeds:
-                name = f"d{dim}-{arm}-seed{seed}"
-                summary_path = Path(cfg.runs_dir) / name / "summary.json"
-                if not summary_path.is_file():
-                    overrides = {**ARMS[arm], "embed_dim": dim, "seed": seed, "epochs": cfg.epochs, "lr": cfg.lr,
-                                 "feature_delay": cfg.feature_delay, "eval_every": cfg.epochs,
-                                 "out_dir": cfg.runs_dir, "run_name": name}
-                    train(build_train_config(overrides))
-                final = json.loads(summary_path.read_text())["final"]
-                records.append({"dim": dim, "arm": arm, "seed": seed, **final})
-                progress(f"{name}: Recall@1 {final['recall@1']:.4f} NMI {final['nmi']:.4f}")
+                lr = chosen[(dim, arm)]
+                final = train_arm(cfg, dim, arm, seed, lr, validate=False)
+                records.append({"dim": dim, "arm": arm, "seed": seed, "lr": lr, **final})
+                progress(f"d{dim}-{arm}-seed{seed} (lr {lr:g}): Recall@1 {final['recall@1']:.4f} NMI {final['nmi']:.4f}")
     table = aggregate(records)
-    results = {"config": asdict(cfg), "runs": records, "table": table}
+    for row in table:
+        row["lr"] = chosen[(row["dim"], row["arm"])]
+    results = {"config": asdict(cfg), "selection": selection, "runs": records, "table": table}
     write_ablation(results, Path(cfg.out))
     return results
+
+
+def choose_learning_rates(cfg: AblationConfig, progress=print) -> list[dict]:
+    """Mean validation metric of every (dim, arm, lr); the best lr of each (dim, arm) is ``chosen``."""
+    rows = []
+    for dim in cfg.dims:
+        for arm in cfg.arms:
+            candidates = []
+            for lr in cfg.lrs:
+                finals = [train_arm(cfg, dim, arm, seed, lr, validate=True) for seed in cfg.selection_seeds]
+                candidates.append({"dim": dim, "arm": arm, "lr": lr, "seeds": len(finals), "chosen": False,
+                                   **{f"val_{m}_mean": float(np.mean([f[m] for f in finals])) for m in ("map@r", "recall@1")}})
+            best = max(candidates, key=lambda row: row[f"val_{cfg.selection_metric}_mean"])
+            best["chosen"] = True
+            progress(f"d{dim}-{arm}: lr {best['lr']:g} (validation {cfg.selection_metric} {best[f'val_{cfg.selection_metric}_mean']:.4f})")
+            rows += candidates
+    return rows
+
+
+def train_arm(cfg: AblationConfig, dim: int, arm: str, seed: int, lr: float, validate: bool) -> dict:
+    """The final metrics of one run: read from its folder if it finished, resumed if it was interrupted
+    after an epoch, otherwise trained from the start."""
+    from .config import build_train_config
+    from .train import LAST, resume, train
+
+    runs_dir = Path(cfg.runs_dir) / ("select" if validate else "test")
+    name = f"d{dim}-{arm}-lr{lr:g}-seed{seed}"
+    run_dir = runs_dir / name
+    if (run_dir / LAST).is_file() and not (run_dir / "summary.json").is_file():
+        resume(run_dir)
+    elif not (run_dir / "summary.json").is_file():
+        shutil.rmtree(run_dir, ignore_errors=True)  # started, but no epoch finished: nothing to keep
+        overrides = {**ARMS[arm], "embed_dim": dim, "seed": seed, "epochs": cfg.epochs, "lr": lr,
+                     "feature_delay": cfg.feature_delay, "eval_every": cfg.epochs,
+                     "out_dir": str(runs_dir), "run_name": name}
+        if validate:
+            overrides |= {"validation_classes": cfg.validation_classes, "batch_size": cfg.selection_batch_size}
+        train(build_train_config(overrides))
+    return json.loads((run_dir / "summary.json").read_text())["final"]
 
 
 def aggregate(records: list[dict], metrics=("recall@1", "nmi")) -> list[dict]:
@@ -83,10 +123,24 @@ def aggregate(records: list[dict], metrics=("recall@1", "nmi")) -> list[dict]:
 def markdown(results: dict, command: str) -> str:
     lines = ["# S2SD ablation on the bundled digits", "", f"Command: `{command}`", "",
              f"Setting: {json.dumps(results['config'])}", "",
-             "| dim | arm | seeds | Recall@1 (mean ± std) | NMI (mean ± std) |", "|---|---|---|---|---|"]
+             "## Test: unseen digits 5-9, each arm at its chosen lr", "",
+             "| dim | arm | lr | seeds | Recall@1 (mean ± std) | NMI (mean ± std) |", "|---|---|---|---|---|---|"]
     for row in results["table"]:
-        lines.append(f"| {row['dim']} | {row['arm']} | {row['seeds']} | {100 * row['recall@1_mean']:.2f} ± {100 * row['recall@1_std']:.2f} "
+        lines.append(f"| {row['dim']} | {row['arm']} | {row.get('lr', '')} | {row['seeds']} "
+                     f"| {100 * row['recall@1_mean']:.2f} ± {100 * row['recall@1_std']:.2f} "
                      f"| {100 * row['nmi_mean']:.2f} ± {100 * row['nmi_std']:.2f} |")
+    if results.get("selection"):
+        lrs = sorted({row["lr"] for row in results["selection"]})
+        metric = results["config"].get("selection_metric", "map@r")
+        lines += ["", f"## Learning-rate choice: validation {metric} on held-out training digits 3-4 "
+                  "(trained on 0-2; mean over selection seeds, chosen in bold)", "",
+                  "| dim | arm | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|---|" + "---|" * len(lrs)]
+        cells: dict[tuple, dict] = {}
+        for row in results["selection"]:
+            value = f"{100 * row[f'val_{metric}_mean']:.2f}"
+            cells.setdefault((row["dim"], row["arm"]), {})[row["lr"]] = f"**{value}**" if row["chosen"] else value
+        for (dim, arm), by_lr in cells.items():
+            lines.append(f"| {dim} | {arm} | " + " | ".join(by_lr.get(lr, "") for lr in lrs) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -63,6 +63,7 @@ class TrainConfig:
     crop_scale_min: float = 0.08  # RandomResizedCrop's lower scale bound (torchvision default)
     hflip: bool = True
     skip_bad_images: bool = False  # skip and count undecodable images instead of failing
+    validation_classes: int = 0  # >0: train without the last N training classes and evaluate on them
     num_workers: int = 4
     # model
     backbone: str = "resnet50"

@@ -251,6 +251,25 @@ def load_splits(dataset: str, data_root: str | None = None, skip_bad_images: boo
     return splits
 
 
+def splits_for(cfg) -> tuple[ImageSet, ImageSet]:
+    """The (train, evaluation) splits a run uses: with ``cfg.validation_classes`` the evaluation split is
+    the last training classes, held out, so choices like the learning rate never see the test classes."""
+    train, test = load_splits(cfg.dataset, cfg.data_root, cfg.skip_bad_images)
+    return hold_out_classes(train, cfg.validation_classes) if cfg.validation_classes else (train, test)
+
+
+def hold_out_classes(train: ImageSet, count: int) -> tuple[ImageSet, ImageSet]:
+    """Split off the last ``count`` classes of a training split as a validation split."""
+    if not 0 < count < train.num_classes - 1:
+        raise S2SDError(f"--validation-classes {count}: the training split has {train.num_classes} classes; "
+                        f"hold out at least 1 and leave at least 2 to train on")
+    first_held = train.num_classes - count
+    keep, held = np.flatnonzero(train.labels < first_held), np.flatnonzero(train.labels >= first_held)
+    parts = [ImageSet([train.sources[i] for i in rows], train.labels[rows] - offset, train.root)
+             for rows, offset in ((keep, 0), (held, first_held))]
+    return parts[0], parts[1]
+
+
 def drop_bad_images(images: ImageSet) -> ImageSet:
     """Decode every file once; keep the good ones and report how many were skipped."""
     good = []

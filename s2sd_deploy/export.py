@@ -35,7 +35,7 @@ from torch import nn
 
 from . import __version__
 from .checkpoint import atomic_path, read_json, write_json_atomic
-from .data import LabelledImages, eval_transform, load_splits, preprocessing
+from .data import LabelledImages, eval_transform, splits_for, preprocessing
 from .errors import MissingDependencyError, S2SDError
 from .metrics import nearest_neighbours, recall_at_k
 from .model import EmbeddingModel
@@ -191,7 +191,7 @@ def compare_embeddings(reference: np.ndarray, candidate: np.ndarray, labels: np.
 
 def verify_onnx(model: EmbeddingModel, onnx_path: Path, run, with_teacher: bool = False, limit: int | None = None) -> dict:
     """Embed the run's test split with PyTorch and ONNX Runtime (CPU); check the fp32 bounds."""
-    _, test = load_splits(run.config.dataset, run.config.data_root)
+    _, test = splits_for(run.config)
     if limit:
         test.sources, test.labels = test.sources[:limit], test.labels[:limit]
     dataset = LabelledImages(test, eval_transform(run.config))

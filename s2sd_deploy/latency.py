@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import MissingDependencyError, S2SDError
-from .retrieval import APPROXIMATE, EXACT_KERNELS, ExactSearch, build_approximate, cascade_search, recall_against_exact
+from .retrieval import APPROXIMATE, Cascade, ExactSearch, build_approximate, exact_kernels, recall_against_exact
 
 SYNTHETIC = "synthetic unit-norm vectors"
 
@@ -142,7 +142,7 @@ def fastest_exact(gallery: np.ndarray, queries: np.ndarray, k: int, budget_s: fl
     expected_scores, expected_ids = ExactSearch(gallery, "faiss-flat").search(queries, k)
     synchronize = torch.cuda.synchronize if device == "gpu" else None
     kernels = {}
-    for kernel in EXACT_KERNELS:
+    for kernel in exact_kernels(device):
         search = ExactSearch(gallery, kernel, device)
         scores, ids = search.search(queries, k)
         # Equal ids, or equal scores where near-ties order differently: the same neighbours.
@@ -218,12 +218,12 @@ def contrast(rows: list[dict], student_dim: int, limits: dict) -> list[dict]:
 def accuracy_part(run_dir: Path, cfg: BenchConfig) -> dict:
     """Recall@k / mAP@R of the student and every teacher on the run's test split, and the cascade."""
     from .evaluation import embed_split
-    from .data import load_splits
+    from .data import splits_for
     from .metrics import evaluate_embeddings, recall_at_k
     from .rundir import load_trained_model
 
     model, run = load_trained_model(run_dir)
-    _, test = load_splits(run.config.dataset, run.config.data_root)
+    _, test = splits_for(run.config)
     student, teachers = embed_split(model, test, run.config, with_teachers=True)
     heads = {f"student-{student.shape[1]}": student, **{f"teacher-{t.shape[1]}": t for t in teachers}}
     ks = run.config.recall_ks
@@ -231,33 +231,46 @@ def accuracy_part(run_dir: Path, cfg: BenchConfig) -> dict:
               "heads": {name: evaluate_embeddings(e, test.labels, ks) for name, e in heads.items()}}
     if teachers:
         largest = max(teachers, key=lambda t: t.shape[1])
-        search = ExactSearch(student)
+        cascade = Cascade(ExactSearch(student), largest)
         for shortlist in cfg.shortlists:
-            ids = cascade_search(search, largest, student, largest, min(shortlist, len(student) - 2), max(ks), exclude_self=True)
+            ids = cascade.search(student, largest, min(shortlist, len(student) - 2), max(ks), exclude_self=True)
             recalls = recall_at_k(test.labels[ids], test.labels, ks)
             result["heads"][f"cascade-{student.shape[1]}>{largest.shape[1]}@{shortlist}"] = {f"recall@{k}": v for k, v in recalls.items()}
     return result
 
 
-def cascade_latency(cfg: BenchConfig, student_dim: int, teacher_dim: int, gallery_size: int, deadline: Deadline) -> list[dict]:
-    """Latency of student search, teacher search and the cascade on a synthetic gallery."""
+def cascade_latency(cfg: BenchConfig, student_dim: int, teacher_dim: int, gallery_size: int, deadline: Deadline,
+                    kernels: dict | None = None) -> list[dict]:
+    """Latency of student search, teacher search and the cascade on a synthetic gallery.
+
+    ``kernels`` maps (gallery, dim, batch) to the fastest exact kernel :func:`retrieval_cost` found;
+    the cascade's shortlist uses the student's, so both sides get the same kernel."""
+    kernels = kernels or {}
     rng = np.random.default_rng(cfg.seed + 1)
     student_gallery, teacher_gallery = unit_vectors(gallery_size, student_dim, rng), unit_vectors(gallery_size, teacher_dim, rng)
-    student, teacher = ExactSearch(student_gallery), ExactSearch(teacher_gallery)
     rows = []
     for batch in cfg.query_batches:
         if deadline.passed:
             deadline.skip(f"cascade latency at batch {batch}")
             continue
+        student = ExactSearch(student_gallery, kernels.get((gallery_size, student_dim, batch), "matmul-grouped"), cfg.device)
+        teacher = ExactSearch(teacher_gallery, kernels.get((gallery_size, teacher_dim, batch), "matmul-grouped"), cfg.device)
+        cascade = Cascade(student, teacher_gallery)
         sq, tq = unit_vectors(batch, student_dim, rng), unit_vectors(batch, teacher_dim, rng)
         timings = {"student": lambda: student.search(sq, cfg.k), "teacher": lambda: teacher.search(tq, cfg.k)}
         for shortlist in cfg.shortlists:
-            timings[f"cascade@{shortlist}"] = lambda s=shortlist: cascade_search(student, teacher_gallery, sq, tq, s, cfg.k)
+            timings[f"cascade@{shortlist}"] = lambda s=shortlist: cascade.search(sq, tq, s, cfg.k)
         stats = {name: latency_stats(measure(fn, budget_s=0.3), batch) for name, fn in timings.items()}
         for name, values in stats.items():
-            rows.append({"data": SYNTHETIC, "gallery": gallery_size, "batch": batch, "method": name, **values,
+            rows.append({"data": SYNTHETIC, "gallery": gallery_size, "batch": batch, "method": name,
+                         "kernel": teacher.kernel if name == "teacher" else student.kernel, **values,
                          "vs_student": values["p50_ms"] / stats["student"]["p50_ms"]})
     return rows
+
+
+def fastest_kernels(rows: list[dict]) -> dict:
+    """(gallery, dim, batch) -> the exact kernel :func:`retrieval_cost` chose."""
+    return {(r["gallery"], r["dim"], r["batch"]): r["kernel"] for r in rows if r["index"] == "flat"}
 
 
 # --- encoder cost ----------------------------------------------------------------------------
@@ -328,7 +341,8 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
         results["machine_limits"] = machine_limits()
         results["retrieval"] = retrieval_cost(cfg, dims, retrieval_deadline, progress)
         results["contrast"] = contrast(results["retrieval"], student_dim, results["machine_limits"])
-        results["cascade_latency"] = cascade_latency(cfg, student_dim, max(dims), max(cfg.gallery_sizes), deadline)
+        results["cascade_latency"] = cascade_latency(cfg, student_dim, max(dims), max(cfg.gallery_sizes), deadline,
+                                                     fastest_kernels(results["retrieval"]))
         if run_dir:
             progress(f"accuracy: embedding the test split of {run_dir}")
             results["accuracy"] = accuracy_part(run_dir, cfg)

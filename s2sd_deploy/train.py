@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import BEST, LAST, load_checkpoint, read_json, save_checkpoint, write_json_atomic, write_text_atomic
 from .config import TrainConfig
-from .data import ClassBalancedBatchSampler, LabelledImages, fingerprint, load_splits, train_transform
+from .data import ClassBalancedBatchSampler, LabelledImages, fingerprint, splits_for, train_transform
 from .errors import MissingDependencyError, S2SDError, TrainingDiverged
 from .evaluation import evaluate_model
 from .losses import S2SDLoss, build_loss
@@ -115,7 +115,7 @@ class Trainer:
         self.started = time.time()
         self.device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = init_distributed(self.device.type == "cuda")
-        self.train_set, self.test_set = load_splits(cfg.dataset, cfg.data_root, cfg.skip_bad_images)
+        self.train_set, self.test_set = splits_for(cfg)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
         self.loss = build_loss(cfg, self.train_set.num_classes).to(self.device)

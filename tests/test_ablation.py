@@ -17,17 +17,34 @@ def test_aggregate_mean_and_sample_std():
     assert table[0]["recall@1_mean"] == pytest.approx(0.7) and table[0]["recall@1_std"] == pytest.approx(0.2)
     assert table[1]["recall@1_std"] == 0.0
     text = markdown({"config": {}, "table": table}, "cmd")
-    assert "| 8 | msd | 3 | 70.00 ± 20.00 | 50.00 ± 0.00 |" in text
+    assert "| 8 | msd |  | 3 | 70.00 ± 20.00 | 50.00 ± 0.00 |" in text
 
 
-def test_tiny_real_ablation_reuses_finished_runs(tmp_path):
-    cfg = AblationConfig(dims=[4], seeds=[0], arms=["baseline", "dsd"], epochs=1, out=str(tmp_path / "out"),
-                         runs_dir=str(tmp_path / "runs"))
+def test_tiny_real_ablation_chooses_lr_on_held_out_classes_and_reuses_runs(tmp_path):
+    cfg = AblationConfig(dims=[4], seeds=[0], arms=["dsd"], epochs=1, lrs=[1e-4, 1e-3], selection_seeds=[0],
+                         out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
     first = run_ablation(cfg, progress=lambda m: None)
-    assert [r["arm"] for r in first["table"]] == ["baseline", "dsd"]
+    assert [(r["arm"], r["seeds"]) for r in first["table"]] == [("dsd", 1)]
+    for row in first["table"]:  # the chosen lr is the best on validation, and the final run used it
+        candidates = [s for s in first["selection"] if s["arm"] == row["arm"]]
+        assert row["lr"] == max(candidates, key=lambda s: s["val_map@r_mean"])["lr"]
+        config = json.loads((tmp_path / "runs" / "test" / f"d4-{row['arm']}-lr{row['lr']:g}-seed0" / "config.json").read_text())
+        assert config["config"]["lr"] == row["lr"]
+    selection_run = json.loads((tmp_path / "runs" / "select" / "d4-dsd-lr0.001-seed0" / "config.json").read_text())
+    assert selection_run["num_train_classes"] == 3 and selection_run["num_test_classes"] == 2  # digits 0-2 / 3-4
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 0
-    mtime = (tmp_path / "runs" / "d4-dsd-seed0" / "summary.json").stat().st_mtime
+    assert "Learning-rate choice" in (tmp_path / "out" / "results.md").read_text()
+    summary = tmp_path / "runs" / "test" / f"d4-dsd-lr{first['table'][0]['lr']:g}-seed0" / "summary.json"
+    mtime = summary.stat().st_mtime
     second = run_ablation(cfg, progress=lambda m: None)
-    assert (tmp_path / "runs" / "d4-dsd-seed0" / "summary.json").stat().st_mtime == mtime
-    assert second["runs"] == first["runs"]
+    assert summary.stat().st_mtime == mtime
+    assert second["runs"] == first["runs"] and second["selection"] == first["selection"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["table"] == second["table"]
+    # Interrupted runs: one after its last epoch (no summary yet) resumes; one before any epoch restarts.
+    summary.unlink()
+    unfinished = tmp_path / "runs" / "select" / "d4-dsd-lr0.0001-seed0"
+    (unfinished / "summary.json").unlink()
+    (unfinished / "last.safetensors").unlink()
+    third = run_ablation(cfg, progress=lambda m: None)
+    assert summary.is_file() and (unfinished / "summary.json").is_file()
+    assert third["selection"] == first["selection"] and third["runs"] == first["runs"]  # seeded: same numbers

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from s2sd_deploy.data import (ClassBalancedBatchSampler, LabelledImages, eval_transform, load_digits_splits,
-                              load_splits)
+                              load_splits, splits_for)
 from s2sd_deploy.config import build_train_config
 from s2sd_deploy.errors import S2SDError
 
@@ -104,6 +104,22 @@ def test_digits_split():
     train, test = load_digits_splits()
     assert (train.num_classes, test.num_classes) == (5, 5) and len(train) + len(test) == 1797
     assert train.sources[0].size == (8, 8) and train.sources[0].mode == "RGB"
+
+
+def test_validation_classes_are_held_out_of_training():
+    train, test = load_digits_splits()
+    fit, validation = splits_for(build_train_config({"validation_classes": 2}))
+    assert (fit.num_classes, validation.num_classes) == (3, 2)  # digits 0-2 train, 3-4 validate
+    assert len(fit) + len(validation) == len(train)
+    held = [i for i, label in enumerate(train.labels) if label >= 3]
+    assert [validation.sources[j].tobytes() for j in range(len(held))] == [train.sources[i].tobytes() for i in held]
+    assert splits_for(build_train_config({}))[1].labels.tolist() == test.labels.tolist()
+
+
+@pytest.mark.parametrize("count", [4, 5])
+def test_too_many_validation_classes_is_a_clear_error(count):
+    with pytest.raises(S2SDError, match=f"--validation-classes {count}: the training split has 5 classes"):
+        splits_for(build_train_config({"validation_classes": count}))
 
 
 def test_sampler_batches_are_balanced_and_deterministic():

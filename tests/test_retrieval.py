@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from s2sd_deploy.retrieval import (EXACT_KERNELS, ExactSearch, build_approximate, cascade_search, grouped_topk,
-                                   recall_against_exact)
+from s2sd_deploy.retrieval import (EXACT_KERNELS, Cascade, ExactSearch, build_approximate, exact_kernels, group_size,
+                                   grouped_topk, grouped_topk_numpy, recall_against_exact)
 
 
 def unit(n, d, seed=0):
@@ -15,12 +15,27 @@ def unit(n, d, seed=0):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-@pytest.mark.parametrize("n,k", [(1000, 10), (1000, 1), (1003, 7), (300, 10), (129, 5)])
-def test_grouped_topk_equals_topk(n, k):
+@pytest.mark.parametrize("n,k,group", [(1000, 10, None), (1000, 1, None), (1003, 7, None), (300, 10, None),
+                                       (129, 5, None), (20_000, 100, None), (5000, 50, 16), (5000, 3, 512)])
+def test_grouped_topk_equals_topk(n, k, group):
     scores = torch.randn(6, n)
-    values, ids = grouped_topk(scores, k)
+    values, ids = grouped_topk(scores, k, group)
     expected_values, expected_ids = torch.topk(scores, k, dim=1)
     assert torch.equal(values, expected_values) and torch.equal(ids, expected_ids)
+    values, ids = grouped_topk_numpy(scores.numpy(), k, group)
+    np.testing.assert_array_equal(values, expected_values.numpy())
+    np.testing.assert_array_equal(ids, expected_ids.numpy())
+
+
+def test_group_size_balances_the_two_stages():
+    assert group_size(100_000, 10) == 128 and group_size(100_000, 50) == 32 and group_size(100_000, 100) == 32
+    assert group_size(1000, 1000) == 16 and group_size(10**9, 1) == 512  # clipped
+
+
+def test_numpy_kernel_is_cpu_only():
+    assert "numpy-grouped" in exact_kernels("cpu") and "numpy-grouped" not in exact_kernels("gpu")
+    with pytest.raises(ValueError, match="on gpu"):
+        ExactSearch(unit(10, 4), "numpy-grouped", device="gpu")
 
 
 @pytest.mark.parametrize("kernel", EXACT_KERNELS)
@@ -55,7 +70,7 @@ def test_approximate_indexes_find_exact_neighbours(kind, floor):
 def test_cascade_reranks_shortlist_by_teacher():
     student_gallery, teacher_gallery = unit(500, 8), unit(500, 64, seed=3)
     student_queries, teacher_queries = unit(4, 8, seed=4), unit(4, 64, seed=5)
-    ids = cascade_search(ExactSearch(student_gallery), teacher_gallery, student_queries, teacher_queries, 50, 5)
+    ids = Cascade(ExactSearch(student_gallery), teacher_gallery).search(student_queries, teacher_queries, 50, 5)
     for q in range(4):  # naive: the 50 student neighbours sorted by teacher score
         shortlist = np.argsort(-(student_gallery @ student_queries[q]))[:50]
         expected = shortlist[np.argsort(-(teacher_gallery[shortlist] @ teacher_queries[q]))][:5]
@@ -64,6 +79,7 @@ def test_cascade_reranks_shortlist_by_teacher():
 
 def test_cascade_with_full_shortlist_equals_teacher_search():
     student_gallery, teacher_gallery = unit(200, 8), unit(200, 64, seed=6)
-    ids = cascade_search(ExactSearch(student_gallery), teacher_gallery, student_gallery, teacher_gallery, 199, 3, exclude_self=True)
+    cascade = Cascade(ExactSearch(student_gallery, "numpy-grouped"), teacher_gallery)
+    ids = cascade.search(student_gallery, teacher_gallery, 199, 3, exclude_self=True)
     expected = ExactSearch(teacher_gallery).search(teacher_gallery, 4)[1][:, 1:]
     np.testing.assert_array_equal(ids, expected)

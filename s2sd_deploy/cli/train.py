@@ -18,6 +18,8 @@ Examples:
 
   s2sd train --no-s2sd --seed 1                # the plain baseline
 
+  s2sd train --validation-classes 2 --batch-size 48 --lr 3e-4   # tune on digits 3-4, test classes unseen
+
   s2sd train --dataset cub200 --data-root ~/data/CUB_200_2011 --pretrained --backbone resnet50 --device cuda
 
   s2sd train --config train/cub200-r50-128-multisimilarity-msdfa.toml --data-root ~/data/CUB_200_2011
@@ -52,6 +54,7 @@ def train(
     crop_scale_min: Annotated[Optional[float], typer.Option(help="Lower scale bound of RandomResizedCrop. [default: 0.08; digits 0.5]", rich_help_panel=Data)] = None,
     hflip: Annotated[Optional[bool], typer.Option("--hflip/--no-hflip", help="Random horizontal flips in training. [default: on; digits off]", rich_help_panel=Data)] = None,
     skip_bad_images: Annotated[Optional[bool], typer.Option("--skip-bad-images", help="Skip and count undecodable images instead of failing. [default: off]", rich_help_panel=Data)] = None,
+    validation_classes: Annotated[Optional[int], typer.Option(help="Hold out the last N training classes and evaluate on them instead of the test split, to tune options without seeing test classes. [default: 0]", rich_help_panel=Data)] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading processes. [default: 4; digits 0]", rich_help_panel=Data)] = None,
     backbone: Annotated[Optional[str], typer.Option(help="torchvision model name, e.g. resnet50 (paper), resnet18. [default: resnet50; digits resnet18]", rich_help_panel=Model)] = None,
     embed_dim: Annotated[Optional[int], typer.Option(help="Dimension d of the deployed student embedding. [default: 128]", rich_help_panel=Model)] = None,
