@@ -2,7 +2,7 @@
 each arm at its own learning rate chosen on held-out training digits.
 
 Usage:  .venv/bin/python bench/ablation.py [--dims 8,32] [--seeds 0,1,2,3,4] [--epochs 6] [--arms ...]
-                                           [--lrs 1e-4,3e-4,1e-3] [--selection-seeds 0,1]
+                                           [--lrs 1e-4,3e-4,1e-3] [--selection-seeds 0,1,2]
 Writes bench/results/ablation/{results.json, results.md, ablation.png}; runs go to runs/ablation/
 (finished runs are reused, so an interrupted ablation continues).
 """
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--arms", default="baseline,dsd,msd,msdf,msdfa")
     parser.add_argument("--lrs", default="1e-4,3e-4,1e-3", help="learning-rate grid each arm chooses from")
-    parser.add_argument("--selection-seeds", default="0,1", help="seeds of the validation runs per lr")
+    parser.add_argument("--selection-seeds", default="0,1,2", help="seeds of the validation runs per lr")
     parser.add_argument("--out", default="bench/results/ablation")
     parser.add_argument("--runs-dir", default="runs/ablation")
     args = parser.parse_args()

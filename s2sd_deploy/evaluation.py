@@ -37,3 +37,14 @@ def evaluate_model(model: EmbeddingModel, test: ImageSet, cfg, device="cpu") -> 
     """Recall@k, NMI and mAP@R of the student on the test split."""
     embeddings, _ = embed_split(model, test, cfg, device)
     return evaluate_embeddings(embeddings, test.labels, cfg.recall_ks)
+
+
+def embed_heads(model: EmbeddingModel, test: ImageSet, cfg, device="cpu") -> dict[str, np.ndarray]:
+    """Test-split embeddings of the student and of every teacher head, named ``student-d`` / ``teacher-d``."""
+    student, teachers = embed_split(model, test, cfg, device, with_teachers=True)
+    return {f"student-{student.shape[1]}": student, **{f"teacher-{t.shape[1]}": t for t in teachers}}
+
+
+def evaluate_heads(model: EmbeddingModel, test: ImageSet, cfg, device="cpu") -> dict[str, dict[str, float]]:
+    """:func:`evaluate_embeddings` of each head :func:`embed_heads` returns."""
+    return {name: evaluate_embeddings(e, test.labels, cfg.recall_ks) for name, e in embed_heads(model, test, cfg, device).items()}

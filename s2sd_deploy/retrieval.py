@@ -2,18 +2,23 @@
 
 Exact search has several kernels because which one is fastest depends on the regime and the
 machine. At low dimension the scan is cheap and selecting the top k of N scores dominates, so the
-``*-grouped`` kernels select in two stages: the maximum of each group of scores, the top-k groups
-by maximum, then the top k among those groups' members. It is exact: an item among the top k
-lies in a group whose maximum is at least the k-th best score, and at most k groups have such a
-maximum. ``numpy-grouped`` does the same in numpy, whose BLAS (OpenBLAS) computed a batch-1 product
-3x faster than torch's (MKL) on the AMD CPUs here.
+``*-grouped`` kernels select in two stages: split the N scores into groups, take each group's
+maximum, keep the k groups with the largest maxima, then the top k among those groups' members.
+It is exact: an item among the top k lies in a group whose maximum is at least the k-th best
+score, and at most k groups have such a maximum. Group j holds the strided columns j, j + G,
+j + 2G, ... (G groups), so the maxima are an elementwise maximum over contiguous rows, which
+numpy and torch vectorise; a max over short contiguous runs was 3-4x slower here.
+``numpy-grouped`` does the same in numpy, whose BLAS (OpenBLAS) computed a batch-1 product 3x
+faster than torch's (MKL) on the AMD CPUs here.
 
-A cascade re-ranks a student shortlist with the teacher's inner products through faiss, which
-reads the K teacher rows of each query in place instead of gathering a (Q, K, D) copy first.
+A cascade re-ranks a student shortlist with the teacher's inner products through faiss, which reads
+each query's K teacher rows in place (a numpy gather copies them first and was 1.5-3x slower), in
+one thread: see :func:`one_openmp_thread`.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import faiss
@@ -32,21 +37,22 @@ def exact_kernels(device: str = "cpu") -> tuple[str, ...]:
 
 
 def group_size(n: int, k: int) -> int:
-    """Scores per group: the power of two nearest sqrt(n / k), which balances the two stages (n / group
-    maxima to rank against k * group candidates); measured best or near it for k 10..100, n 1e4..1e5."""
-    return int(2 ** np.clip(np.round(np.log2(np.sqrt(n / k))), 4, 9))
+    """Scores per group: the power of two nearest sqrt(n / k) / 3, between 8 and 512. sqrt(n / k) balances
+    the two stages (n / group maxima to rank against k * group candidates); the maxima pass is the
+    cheaper one per score, and a third of it measured best or near it for k 10..100, n 1e4..1e5."""
+    return int(2 ** np.clip(np.round(np.log2(np.sqrt(n / k) / 3)), 3, 9))
 
 
 def grouped_topk(scores: torch.Tensor, k: int, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``torch.topk(scores, k, dim=1)`` (values, indices) in two cheap stages; scores (Q, N)."""
     queries, n = scores.shape
-    group = group or group_size(n, k)
-    full = n // group * group
-    if full // group < k:  # too few groups to gain anything
+    groups = n // (group or group_size(n, k))
+    if groups < k:  # too few groups to gain anything
         return torch.topk(scores, min(k, n), dim=1)
-    maxima = scores[:, :full].reshape(queries, -1, group).amax(dim=2)  # (Q, N / group)
-    groups = torch.topk(maxima, k, dim=1).indices  # (Q, k)
-    columns = (groups[:, :, None] * group + torch.arange(group, device=scores.device)).reshape(queries, -1)  # (Q, k * group)
+    full = n // groups * groups
+    maxima = scores[:, :full].reshape(queries, -1, groups).amax(dim=1)  # (Q, G): group j = columns j, j + G, ...
+    best = torch.topk(maxima, k, dim=1).indices  # (Q, k)
+    columns = (best[:, :, None] + groups * torch.arange(full // groups, device=scores.device)).reshape(queries, -1)
     candidates = torch.gather(scores, 1, columns)
     if full < n:  # the ragged tail is always a candidate
         columns = torch.cat([columns, torch.arange(full, n, device=scores.device).expand(queries, -1)], dim=1)
@@ -59,13 +65,13 @@ def grouped_topk_numpy(scores: np.ndarray, k: int, group: int | None = None) -> 
     """:func:`grouped_topk` in numpy, for scores numpy computed: mixing numpy's BLAS threads with torch's
     OpenMP threads made each call several times slower here (they spin-wait against each other)."""
     queries, n = scores.shape
-    group = group or group_size(n, k)
-    full = n // group * group
-    if full // group < k:
+    groups = n // (group or group_size(n, k))
+    if groups < k:
         return _topk_numpy(scores, min(k, n))
-    maxima = scores[:, :full].reshape(queries, -1, group).max(axis=2)  # (Q, N / group)
-    groups = np.argpartition(maxima, -k, axis=1)[:, -k:]  # (Q, k), unordered
-    columns = (groups[:, :, None] * group + np.arange(group)).reshape(queries, -1)  # (Q, k * group)
+    full = n // groups * groups
+    maxima = scores[:, :full].reshape(queries, -1, groups).max(axis=1)  # (Q, G): group j = columns j, j + G, ...
+    best = np.argpartition(maxima, -k, axis=1)[:, -k:]  # (Q, k), unordered
+    columns = (best[:, :, None] + groups * np.arange(full // groups)).reshape(queries, -1)
     if full < n:  # the ragged tail is always a candidate
         columns = np.concatenate([columns, np.broadcast_to(np.arange(full, n), (queries, n - full))], axis=1)
     values, order = _topk_numpy(np.take_along_axis(scores, columns, axis=1), k)
@@ -167,8 +173,7 @@ class Cascade:
 
     def __init__(self, student: ExactSearch, teacher_gallery: np.ndarray):
         self.student = student
-        self.teacher = faiss.IndexFlatIP(teacher_gallery.shape[1])
-        self.teacher.add(np.ascontiguousarray(teacher_gallery, dtype=np.float32))
+        self.teacher_gallery = np.ascontiguousarray(teacher_gallery, dtype=np.float32)
 
     def search(self, student_queries: np.ndarray, teacher_queries: np.ndarray, shortlist: int, k: int,
                exclude_self: bool = False) -> np.ndarray:
@@ -176,10 +181,28 @@ class Cascade:
         _, candidates = self.student.search(student_queries, shortlist + int(exclude_self))  # (Q, K)
         if exclude_self:
             candidates = drop_self(candidates)
-        candidates = np.ascontiguousarray(candidates, dtype=np.int64)
-        queries = np.ascontiguousarray(teacher_queries, dtype=np.float32)
-        scores = np.empty(candidates.shape, dtype=np.float32)
-        self.teacher.compute_distance_subset(len(queries), faiss.swig_ptr(queries), candidates.shape[1],
-                                             faiss.swig_ptr(scores), faiss.swig_ptr(candidates))
-        order = torch.topk(torch.from_numpy(scores), min(k, scores.shape[1]), dim=1).indices.numpy()
+        scores = self.teacher_scores(candidates, np.asarray(teacher_queries, dtype=np.float32))
+        _, order = _topk_numpy(scores, min(k, scores.shape[1]))
         return np.take_along_axis(candidates, order, axis=1)
+
+    def teacher_scores(self, candidates: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """(Q, K) inner products of each query with its K candidates' teacher rows, read in place."""
+        candidates = np.ascontiguousarray(candidates, dtype=np.int64)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = np.empty(candidates.shape, dtype=np.float32)
+        with one_openmp_thread():
+            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(self.teacher_gallery),
+                                             faiss.swig_ptr(candidates), queries.shape[1], *candidates.shape)
+        return scores
+
+
+@contextmanager
+def one_openmp_thread():
+    """Run faiss single-threaded in this thread: its OpenMP workers keep spinning after a parallel
+    region and took a core from the next numpy BLAS call (2 cores here); a re-rank is too small to split."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)

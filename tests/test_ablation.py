@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -33,6 +34,9 @@ def test_tiny_real_ablation_chooses_lr_on_held_out_classes_and_reuses_runs(tmp_p
     selection_run = json.loads((tmp_path / "runs" / "select" / "d4-dsd-lr0.001-seed0" / "config.json").read_text())
     assert selection_run["num_train_classes"] == 3 and selection_run["num_test_classes"] == 2  # digits 0-2 / 3-4
     assert (tmp_path / "out" / "ablation.png").stat().st_size > 0
+    # Finished runs keep no resume point; selection runs keep no weights, test runs their best.
+    assert not list((tmp_path / "runs" / "select").glob("*/*.safetensors"))
+    assert [p.name for p in (tmp_path / "runs" / "test").glob("*/*.safetensors")] == ["best.safetensors"]
     assert "Learning-rate choice" in (tmp_path / "out" / "results.md").read_text()
     summary = tmp_path / "runs" / "test" / f"d4-dsd-lr{first['table'][0]['lr']:g}-seed0" / "summary.json"
     mtime = summary.stat().st_mtime
@@ -41,10 +45,10 @@ def test_tiny_real_ablation_chooses_lr_on_held_out_classes_and_reuses_runs(tmp_p
     assert second["runs"] == first["runs"] and second["selection"] == first["selection"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["table"] == second["table"]
     # Interrupted runs: one after its last epoch (no summary yet) resumes; one before any epoch restarts.
+    shutil.copy(summary.parent / "best.safetensors", summary.parent / "last.safetensors")  # its only epoch
     summary.unlink()
     unfinished = tmp_path / "runs" / "select" / "d4-dsd-lr0.0001-seed0"
-    (unfinished / "summary.json").unlink()
-    (unfinished / "last.safetensors").unlink()
+    (unfinished / "summary.json").unlink()  # and, finished, it has no last.safetensors left
     third = run_ablation(cfg, progress=lambda m: None)
     assert summary.is_file() and (unfinished / "summary.json").is_file()
     assert third["selection"] == first["selection"] and third["runs"] == first["runs"]  # seeded: same numbers

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from s2sd_deploy.cli import _register_commands, app
 from s2sd_deploy.errors import MissingDependencyError, S2SDError
-from s2sd_deploy.latency import BenchConfig, check_memory, contrast, latency_stats, measure, run_benchmark
+from s2sd_deploy.latency import (BenchConfig, check_memory, contrast, latency_stats, measure, measure_interleaved,
+                                 run_benchmark)
 
 _register_commands()
 
@@ -34,6 +35,9 @@ def test_latency_stats_and_measure():
     stats = latency_stats(np.array([0.001, 0.002, 0.003, 0.004]), batch=4)
     assert stats["p50_ms"] == pytest.approx(2.5) and stats["qps"] == pytest.approx(1600)
     assert len(measure(lambda: None, min_repeats=7, budget_s=0.0)) == 7
+    calls = []
+    seconds = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_rounds=3, budget_s=0.0)
+    assert calls == ["a", "b"] * 4 and len(seconds["a"]) == len(seconds["b"]) == 3  # one warm-up round, then in turn
 
 
 def test_contrast_ratios_against_the_student():

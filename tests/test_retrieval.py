@@ -28,8 +28,8 @@ def test_grouped_topk_equals_topk(n, k, group):
 
 
 def test_group_size_balances_the_two_stages():
-    assert group_size(100_000, 10) == 128 and group_size(100_000, 50) == 32 and group_size(100_000, 100) == 32
-    assert group_size(1000, 1000) == 16 and group_size(10**9, 1) == 512  # clipped
+    assert group_size(100_000, 10) == 32 and group_size(100_000, 50) == 16 and group_size(100_000, 100) == 8
+    assert group_size(1000, 1000) == 8 and group_size(10**9, 1) == 512  # clipped
 
 
 def test_numpy_kernel_is_cpu_only():
@@ -83,3 +83,11 @@ def test_cascade_with_full_shortlist_equals_teacher_search():
     ids = cascade.search(student_gallery, teacher_gallery, 199, 3, exclude_self=True)
     expected = ExactSearch(teacher_gallery).search(teacher_gallery, 4)[1][:, 1:]
     np.testing.assert_array_equal(ids, expected)
+
+
+def test_cascade_teacher_scores_are_inner_products_of_the_candidates():
+    teacher_gallery, queries = unit(300, 16, seed=7), unit(9, 16, seed=8)
+    candidates = np.random.default_rng(9).integers(0, 300, (9, 20))
+    cascade = Cascade(ExactSearch(unit(300, 4)), teacher_gallery)
+    expected = np.einsum("qkd,qd->qk", teacher_gallery[candidates], queries)
+    np.testing.assert_allclose(cascade.teacher_scores(candidates, queries), expected, rtol=1e-5, atol=1e-6)
