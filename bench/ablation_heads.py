@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from s2sd_deploy.checkpoint import write_json_atomic, write_text_atomic
 from s2sd_deploy.data import splits_for
 from s2sd_deploy.evaluation import evaluate_heads
-from s2sd_deploy.checkpoint import write_json_atomic, write_text_atomic
 from s2sd_deploy.rundir import load_trained_model
 
 RUN_NAME = re.compile(r"d(?P<dim>\d+)-(?P<arm>\w+)-lr(?P<lr>[^-]+)-seed(?P<seed>\d+)")

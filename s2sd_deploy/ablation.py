@@ -3,8 +3,8 @@
 Every arm gets the same budget (epochs, batches, augmentation) and its own learning rate, chosen
 from the same grid on held-out training classes: train on digits 0-2, validate on 3-4, keep the lr
 with the best validation mAP@R averaged over the selection seeds (Recall@1 on two held-out classes
-saturates). The test digits 5-9 are only seen by the final runs. Runs
-already finished in the runs folder are reused, so an interrupted ablation continues where it stopped.
+saturates). The test digits 5-9 are only seen by the final runs. Runs already finished in the runs
+folder are reused, so an interrupted ablation continues where it stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class AblationConfig:
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     epochs: int = 6  # same for every arm; ~11 steps per epoch on digits
     lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])  # each arm picks its own from these
-    selection_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # two picked noisily
+    selection_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # with two, a third seed flipped two arms' choice
     validation_classes: int = 2  # digits 3-4 validate the lr; 0-2 train
     selection_batch_size: int = 48  # 3 classes x 16: every class the held-out split leaves
     selection_metric: str = "map@r"
