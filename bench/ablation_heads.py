@@ -27,7 +27,7 @@ def heads_recall(runs_dir: Path) -> dict[str, dict[str, float]]:
     """Run name -> head name -> test Recall@1, for every finished run under ``runs_dir``."""
     results = {}
     for run_dir in sorted(p for p in runs_dir.iterdir() if RUN_NAME.fullmatch(p.name) and (p / "best.safetensors").exists()):
-        model, run = load_trained_model(run_dir)
+        model, run, _ = load_trained_model(run_dir)
         _, test = splits_for(run.config)
         results[run_dir.name] = {head: m["recall@1"] for head, m in evaluate_heads(model, test, run.config).items()}
         print(run_dir.name, results[run_dir.name], flush=True)

@@ -22,6 +22,7 @@ DATASETS = ("digits", "cub200", "cars196", "sop", "imagefolder")
 CRITERIA = ("multisimilarity", "margin", "triplet")
 VARIANTS = ("dsd", "msd", "msdf", "msdfa")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SAMPLERS = ("replacement", "distinct")
 
 # The paper's ablation (SPEC.md): target dims, feature distillation, max+avg pooled teacher input.
 VARIANT_SETTINGS: dict[str, dict[str, Any]] = {
@@ -45,10 +46,16 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         epochs=12,
         batch_size=80,
         samples_per_class=16,  # only 5 training classes: 2 per class would give batches of 10
+        sampler="distinct",  # every batch holds all 5 classes; drawing 5 of 5 with replacement would miss some
         feature_delay=60,
         num_workers=0,
     ),
 }
+
+
+# The reference's lr for learnable criterion parameters of the plain criterion; under S2SD its objective
+# puts every criterion parameter into the network's lr group instead.
+BASELINE_CRITERION_LR = 5e-4
 
 
 @dataclass
@@ -68,7 +75,7 @@ class TrainConfig:
     # model
     backbone: str = "resnet50"
     embed_dim: int = 128
-    pretrained: bool = False  # torchvision's ImageNet weights (need network access)
+    pretrained: str | None = None  # torchvision weights name; the paper's: IMAGENET1K_V1 (DEFAULT is V2)
     weights: str | None = None  # local backbone state dict (.safetensors or torch file)
     freeze_bn: bool | None = None  # None: frozen for resnet50 as in the paper, trained otherwise
     # criterion
@@ -79,9 +86,8 @@ class TrainConfig:
     ms_mining_margin: float = 0.1
     margin: float = 0.2  # margin and triplet losses
     margin_beta: float = 1.2
-    margin_beta_lr: float = 5e-4
     dw_lower_cutoff: float = 0.5  # distance-weighted sampling
-    dw_upper_cutoff: float = 1.4
+    dw_upper_cutoff: float | None = None  # the reference leaves its 1.4 cut-off off: cutting made results worse
     # S2SD
     s2sd: bool = True  # False: the plain baseline, no teachers
     variant: str = "msdfa"
@@ -95,16 +101,19 @@ class TrainConfig:
     # optimisation
     optimizer: str = "adam"
     lr: float = 1e-5
-    weight_decay: float = 4e-4
+    weight_decay: float = 4e-4  # backbone and student head
+    teacher_weight_decay: float = 0.0  # the reference trains the teacher MLPs without weight decay
+    criterion_lr: float | None = None  # margin betas; None: 5e-4 for the baseline, lr under S2SD (reference)
     momentum: float = 0.9  # sgd only
     lr_steps: list[int] = field(default_factory=list)  # epochs at which lr is multiplied by lr_gamma
     lr_gamma: float = 0.3
     epochs: int = 150
     batch_size: int = 112
     samples_per_class: int = 2
+    sampler: str = "replacement"  # reference: classes and their samples drawn with replacement; or distinct
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision, on GPU only
+    amp: bool = False  # mixed precision, GPU only; the reference trains in fp32
     eval_every: int = 1  # epochs between evaluations; the last epoch is always evaluated
     recall_ks: list[int] | None = None  # None: 1,2,4,8 (1,10,100 for sop)
     # output
@@ -121,6 +130,8 @@ class TrainConfig:
                 setattr(cfg, key, variant[key])
         if cfg.freeze_bn is None:
             cfg.freeze_bn = cfg.backbone == "resnet50"
+        if cfg.criterion_lr is None:
+            cfg.criterion_lr = cfg.lr if cfg.s2sd else BASELINE_CRITERION_LR
         if cfg.recall_ks is None:
             cfg.recall_ks = [1, 10, 100] if cfg.dataset == "sop" else [1, 2, 4, 8]
         cfg.validate()
@@ -131,6 +142,7 @@ class TrainConfig:
         _choice("criterion", self.criterion, CRITERIA)
         _choice("variant", self.variant, VARIANTS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("sampler", self.sampler, SAMPLERS)
         if self.dataset != "digits" and not self.data_root:
             raise S2SDError(f"--data-root is required for dataset {self.dataset!r}")
         if self.batch_size % self.samples_per_class:

@@ -302,36 +302,37 @@ def fingerprint(train: ImageSet, test: ImageSet) -> str:
 
 
 # --- sampling -----------------------------------------------------------------------------------
-class ClassBalancedBatchSampler(torch.utils.data.Sampler):
-    """Batches of ``classes_per_batch`` classes x ``samples_per_class`` images each.
+class ClassBatchSampler(torch.utils.data.Sampler):
+    """Batches of ``classes_per_batch`` class draws x ``samples_per_class`` images each.
 
-    The batches of an epoch depend only on (seed, epoch), so a resumed run sees exactly the
-    batches an uninterrupted one would. Under DistributedDataParallel each rank takes every
-    ``world_size``-th batch and all ranks get the same number of batches.
-    A class with fewer images than ``samples_per_class`` is sampled with replacement.
+    ``replacement=True`` (the reference's sampler, the default): classes are drawn with replacement, and
+    each drawn class's images with replacement, so a class may appear more than once in a batch (56
+    draws from CUB's 100 training classes give about 43 distinct ones). ``replacement=False``: distinct
+    classes, and a class's images without replacement unless it has too few (then with replacement).
+
+    There are ``len(labels) // batch_size`` batches per epoch, drawn from a generator seeded by
+    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. Under
+    DistributedDataParallel each rank takes every ``world_size``-th batch, all ranks as many.
     """
 
-    def __init__(self, labels: np.ndarray, classes_per_batch: int, samples_per_class: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, labels: np.ndarray, classes_per_batch: int, samples_per_class: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, replacement: bool = True):
         labels = np.asarray(labels)
-        self.classes = np.unique(labels)
-        if len(self.classes) < classes_per_batch:
+        self.order = np.argsort(labels, kind="stable")  # images grouped by class
+        self.classes, self.starts, self.counts = np.unique(labels[self.order], return_index=True, return_counts=True)
+        if not replacement and len(self.classes) < classes_per_batch:
             raise S2SDError(
-                f"a batch needs {classes_per_batch} classes (--batch-size / --samples-per-class) but the "
-                f"training split has only {len(self.classes)}; lower --batch-size or raise --samples-per-class"
+                f"a batch needs {classes_per_batch} distinct classes (--batch-size / --samples-per-class) but the "
+                f"training split has only {len(self.classes)}; lower --batch-size, raise --samples-per-class, "
+                f"or use --sampler replacement"
             )
-        self.members = [np.flatnonzero(labels == c) for c in self.classes]
-        self.small_classes = sum(len(m) < samples_per_class for m in self.members)
-        self.classes_per_batch, self.samples_per_class = classes_per_batch, samples_per_class
+        self.small_classes = int((self.counts < samples_per_class).sum())
+        self.classes_per_batch, self.samples_per_class, self.replacement = classes_per_batch, samples_per_class, replacement
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        batch_size = classes_per_batch * samples_per_class
-        self.batches_per_rank = max(1, len(labels) // batch_size // world_size)
+        self.batches_per_rank = max(1, len(labels) // (classes_per_batch * samples_per_class) // world_size)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch}
 
     def __len__(self) -> int:
         return self.batches_per_rank
@@ -339,12 +340,18 @@ class ClassBalancedBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         for batch in range(self.batches_per_rank * self.world_size):
-            classes = rng.choice(len(self.classes), self.classes_per_batch, replace=False)
-            indices = [self._pick(rng, self.members[c]) for c in classes]
+            indices = self._draw(rng)
             if batch % self.world_size == self.rank:
-                yield np.concatenate(indices).tolist()
+                yield indices.tolist()
 
-    def _pick(self, rng: np.random.Generator, members: np.ndarray) -> np.ndarray:
-        replace = len(members) < self.samples_per_class
-        return rng.choice(members, self.samples_per_class, replace=replace)
+    def _draw(self, rng: np.random.Generator) -> np.ndarray:
+        if self.replacement:
+            classes = rng.integers(0, len(self.classes), self.classes_per_batch)
+            picks = rng.integers(0, self.counts[classes][:, None], (self.classes_per_batch, self.samples_per_class))
+            return self.order[self.starts[classes][:, None] + picks].ravel()
+        classes = rng.choice(len(self.classes), self.classes_per_batch, replace=False)
+        return np.concatenate([self._members(rng, c) for c in classes])
 
+    def _members(self, rng: np.random.Generator, index: int) -> np.ndarray:
+        members = self.order[self.starts[index]:self.starts[index] + self.counts[index]]
+        return rng.choice(members, self.samples_per_class, replace=len(members) < self.samples_per_class)

@@ -55,7 +55,7 @@ class ExportConfig:
     run: str
     engine: str = "onnx"  # onnx | trt
     out: str | None = None  # default: <run>/export
-    checkpoint: str = "best"  # best | last | a .safetensors file of the run
+    checkpoint: str = "shipped"  # shipped (chosen without the test classes) | best | last | a file of the run
     opset: int = 18  # 17+ needed; 18 is what torch 2.14's dynamo exporter targets
     batch_min: int = 1  # TensorRT optimisation profile
     batch_opt: int = 32
@@ -130,10 +130,8 @@ def export_onnx(model: EmbeddingModel, path, image_size: int, opset: int = 18, w
     return path
 
 
-def onnx_metadata(run, preprocessing_spec: dict, embed_dim: int, teacher_dim: int | None, checkpoint: str) -> dict[str, str]:
+def onnx_metadata(run, preprocessing_spec: dict, embed_dim: int, teacher_dim: int | None, selection: dict) -> dict[str, str]:
     """The metadata_props of an exported run (see the module docstring)."""
-    summary_path = run.path / "summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else {}
     metadata = {
         "s2sd_format": ONNX_FORMAT,
         "embedding_dim": str(embed_dim),
@@ -143,15 +141,30 @@ def onnx_metadata(run, preprocessing_spec: dict, embed_dim: int, teacher_dim: in
         "output_name": OUTPUT,
         "run_id": run.run_id,
         "config_hash": run.meta.get("config_hash", ""),
-        "checkpoint": checkpoint,
+        "checkpoint": selection["checkpoint"],
+        "checkpoint_epoch": str(selection.get("epoch")),
+        "selection_rule": selection["rule"],
         "package_version": __version__,
         "dataset": run.config.dataset,
         "backbone": run.config.backbone,
-        "test_metrics": json.dumps(summary.get("best") or summary.get("final") or {}),
+        "test_metrics": json.dumps(test_metrics_of(run, selection)),
     }
     if teacher_dim:
         metadata.update(teacher_dim=str(teacher_dim), teacher_output_name=TEACHER_OUTPUT)
     return metadata
+
+
+def test_metrics_of(run, selection: dict) -> dict:
+    """Test-split metrics of the exported checkpoint's epoch, where the run measured them ({} otherwise)."""
+    if "test_metrics" in selection:  # a validation run's shipped checkpoint, evaluated once on test
+        return selection["test_metrics"]
+    summary_path = run.path / "summary.json"
+    if summary_path.is_file() and read_json(summary_path).get("evaluated_on") == "validation":
+        return {}
+    metrics_path = run.path / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.is_file() else []
+    row = next((r for r in rows if r["epoch"] == selection.get("epoch") and "recall@1" in r), {})
+    return {k: v for k, v in row.items() if k.startswith(("recall@", "nmi", "map@"))}
 
 
 # --- proof ------------------------------------------------------------------------------------
@@ -223,15 +236,17 @@ def export_run(cfg: ExportConfig) -> dict:
     the verified ONNX when a TensorRT engine was asked for on a machine that cannot build one.
     """
     cfg.validate()
-    model, run = load_trained_model(cfg.run, cfg.checkpoint)
+    model, run, selection = load_trained_model(cfg.run, cfg.checkpoint)
     out = Path(cfg.out) if cfg.out else run.path / "export"
     out.mkdir(parents=True, exist_ok=True)
     teacher_dim = max((h[-1].out_features for h in model.teachers), default=None) if cfg.with_teacher else None
-    metadata = onnx_metadata(run, preprocessing(run.config), model.embed_dim, teacher_dim, cfg.checkpoint)
+    log.info("exporting %s (epoch %s): %s", selection["checkpoint"], selection.get("epoch"), selection["rule"])
+    metadata = onnx_metadata(run, preprocessing(run.config), model.embed_dim, teacher_dim, selection)
     onnx_path = export_onnx(model, out / "model.onnx", run.config.image_size, cfg.opset, cfg.with_teacher, metadata)
     parity = verify_onnx(model, onnx_path, run, cfg.with_teacher, cfg.verify_limit)
     report = {
         "config": asdict(cfg), "run_id": run.run_id, "onnx": str(onnx_path), "package_version": __version__,
+        "checkpoint": selection,
         "onnx_bytes": onnx_path.stat().st_size, "metadata": metadata, "parity": parity,
     }
     failure = _parity_failure(parity)

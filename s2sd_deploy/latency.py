@@ -237,7 +237,7 @@ def accuracy_part(run_dir: Path, cfg: BenchConfig) -> dict:
     from .metrics import evaluate_embeddings, recall_at_k
     from .rundir import load_trained_model
 
-    model, run = load_trained_model(run_dir)
+    model, run, _ = load_trained_model(run_dir)
     _, test = splits_for(run.config)
     heads = embed_heads(model, test, run.config)
     student = next(e for name, e in heads.items() if name.startswith("student-"))
@@ -392,7 +392,7 @@ def _encoder_part(run_dir, deadline: Deadline, progress) -> list[dict]:
 
     jobs = []
     if run_dir:
-        model, run = load_trained_model(run_dir)
+        model, run, _ = load_trained_model(run_dir)
         jobs.append((model, run.config.image_size, "run"))
     paper = build_train_config({"dataset": "cub200", "data_root": ".", "s2sd": False})  # resnet50, 224 px
     jobs.append((build_model(paper), paper.image_size, "resnet50"))

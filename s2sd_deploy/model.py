@@ -24,6 +24,9 @@ class ModelOutput:
     teacher_embeddings: list[torch.Tensor]  # [(B, d_k)], L2-normalised
     features: torch.Tensor  # (B, F) teacher input f' (avg, or avg+max pooled)
 
+    def to_float32(self) -> ModelOutput:
+        return ModelOutput(self.embeddings.float(), [t.float() for t in self.teacher_embeddings], self.features.float())
+
 
 def available_backbones() -> list[str]:
     """Torchvision classification models whose feature extractor we know how to cut out."""
@@ -43,31 +46,50 @@ def _feature_extractor(name: str, network: nn.Module) -> nn.Module:
     raise S2SDError(f"backbone {name!r} has no known feature extractor; choose one of: {', '.join(available_backbones())}")
 
 
-def build_backbone(name: str, pretrained: bool = False, weights_file: str | None = None) -> nn.Module:
+def build_backbone(name: str, pretrained: str | None = None, weights_file: str | None = None) -> nn.Module:
     """A torchvision backbone by registry name, returning a feature map.
 
-    ``pretrained`` loads torchvision's default ImageNet weights (downloads them once);
-    ``weights_file`` loads a local state dict of the full torchvision classifier.
+    ``pretrained`` names torchvision weights of that model (``IMAGENET1K_V1`` is the paper's ResNet-50;
+    torchvision's ``DEFAULT`` is ``IMAGENET1K_V2``, a different network); they are read from torch's
+    cache, downloaded once if missing. ``weights_file`` loads a local state dict of the full classifier.
     """
     if name not in available_backbones():
         raise S2SDError(f"unknown --backbone {name!r}; choose one of: {', '.join(available_backbones())}")
-    weights = "DEFAULT" if pretrained else None
+    weights = pretrained_weights(name, pretrained) if pretrained else None
     try:
         network = torchvision.models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as error:  # urllib errors are OSErrors
+    except (OSError, RuntimeError) as error:  # urllib errors are OSErrors; a bad hash is a RuntimeError
         raise S2SDError(
-            f"could not download the pretrained {name} weights ({error}); without network access, "
-            f"pass a local file with --weights instead of --pretrained"
+            f"could not load the pretrained {name} weights {pretrained} ({error}); without network access, place "
+            f"{weights.url} at {cached_weights_path(weights)}, or pass a local file with --weights"
         ) from None
     if weights_file:
-        state = load_state_dict_file(weights_file)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        missing, unexpected = network.load_state_dict(state, strict=False)
-        if missing:
-            raise S2SDError(f"--weights {weights_file}: missing {len(missing)} {name} keys, e.g. {missing[:3]}")
-        if unexpected:
-            raise S2SDError(f"--weights {weights_file}: {len(unexpected)} keys are not {name}'s, e.g. {unexpected[:3]}")
+        _load_full_classifier(network, name, weights_file)
     return _feature_extractor(name, network)
+
+
+def pretrained_weights(model_name: str, weights_name: str):
+    """torchvision's weights enum member ``weights_name`` of ``model_name``, or an error listing the valid names."""
+    enum = torchvision.models.get_model_weights(model_name)
+    valid = list(enum.__members__)  # with aliases such as DEFAULT
+    if weights_name not in valid:
+        raise S2SDError(f"invalid --pretrained {weights_name!r} for {model_name}; choose one of: {', '.join(valid)}")
+    return enum[weights_name]
+
+
+def cached_weights_path(weights) -> Path:
+    """Where torch.hub (and so torchvision) looks for a weights file before downloading it."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def _load_full_classifier(network: nn.Module, name: str, weights_file: str) -> None:
+    state = load_state_dict_file(weights_file)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing:
+        raise S2SDError(f"--weights {weights_file}: missing {len(missing)} {name} keys, e.g. {missing[:3]}")
+    if unexpected:
+        raise S2SDError(f"--weights {weights_file}: {len(unexpected)} keys are not {name}'s, e.g. {unexpected[:3]}")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

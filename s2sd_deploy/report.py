@@ -33,9 +33,14 @@ def load_rows(run_dirs: list[str | Path]) -> list[RunRow]:
         if not summary_path.is_file():
             raise S2SDError(f"{run.path} has no summary.json: the run has not finished (resume it with s2sd train --resume)")
         summary = read_json(summary_path)
-        rows.append(RunRow(run.path.name, run.config.to_dict(), summary.get("best", {}), summary.get("final", {}),
+        rows.append(RunRow(run.path.name, run.config.to_dict(), _best_of(summary), summary.get("final", {}),
                            summary.get("wall_time_s")))
     return rows
+
+
+def _best_of(summary: dict) -> dict:
+    record = summary.get("best_test_epoch_paper_protocol") or summary.get("best_validation_epoch") or {}
+    return record.get("metrics", summary.get("best", {}))  # "best": run directories of format 1
 
 
 def config_differences(rows: list[RunRow]) -> list[str]:

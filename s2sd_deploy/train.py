@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import BEST, LAST, load_checkpoint, read_json, save_checkpoint, write_json_atomic, write_text_atomic
 from .config import TrainConfig
-from .data import ClassBalancedBatchSampler, LabelledImages, fingerprint, splits_for, train_transform
+from .data import ClassBatchSampler, LabelledImages, fingerprint, load_splits, splits_for, train_transform
 from .errors import MissingDependencyError, S2SDError, TrainingDiverged
 from .evaluation import evaluate_model
 from .losses import S2SDLoss, build_loss
@@ -33,6 +33,11 @@ from .plots import pyplot, save_figure
 from .rundir import RUN_FORMAT, read_run
 
 log = logging.getLogger(__name__)
+
+# How the shipped checkpoint is chosen: never on the test classes (the paper reports the best test epoch,
+# which summary.json keeps as "best_test_epoch_paper_protocol", but a shipped model must not be chosen so).
+SELECT_BY_VALIDATION = "best validation Recall@1 (--validation-classes)"
+SELECT_LAST = "last epoch (no validation classes, so nothing else can be chosen without the test classes)"
 
 
 @dataclass
@@ -77,14 +82,23 @@ def seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 100_003 + epoch)
 
 
+def parameter_groups(cfg: TrainConfig, model: EmbeddingModel, loss: S2SDLoss) -> list[dict]:
+    """The reference's groups: backbone and student head at lr with weight decay; teacher MLPs at lr with
+    ``teacher_weight_decay`` (0); learnable criterion parameters at ``criterion_lr`` without weight decay."""
+    teachers = list(model.teachers.parameters())
+    teacher_ids = {id(p) for p in teachers}
+    network = [p for p in model.parameters() if id(p) not in teacher_ids]
+    groups = [
+        {"name": "network", "params": network, "base_lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"name": "teachers", "params": teachers, "base_lr": cfg.lr, "weight_decay": cfg.teacher_weight_decay},
+        {"name": "criterion", "params": list(loss.parameters()), "base_lr": cfg.criterion_lr, "weight_decay": 0.0},
+    ]
+    return [{**group, "lr": group["base_lr"]} for group in groups if group["params"]]
+
+
 def build_optimizer(cfg: TrainConfig, model: EmbeddingModel, loss: S2SDLoss) -> torch.optim.Optimizer:
-    """Network and teacher MLPs share the lr (paper); learnable criterion parameters get their own."""
-    groups = [{"params": list(model.parameters()), "base_lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-    criterion_params = list(loss.parameters())
-    if criterion_params:
-        groups.append({"params": criterion_params, "base_lr": cfg.margin_beta_lr, "weight_decay": 0.0})
-    for group in groups:
-        group["lr"] = group["base_lr"]
+    """Adam (weight decay added to the gradient, as in the reference), AdamW or SGD over :func:`parameter_groups`."""
+    groups = parameter_groups(cfg, model, loss)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     optimizer_class = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
@@ -120,11 +134,14 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.loss = build_loss(cfg, self.train_set.num_classes).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model, self.loss)
-        self.sampler = ClassBalancedBatchSampler(
+        self.sampler = ClassBatchSampler(
             self.train_set.labels, cfg.classes_per_batch, cfg.samples_per_class,
-            cfg.seed, self.dist.rank, self.dist.world_size,
+            cfg.seed, self.dist.rank, self.dist.world_size, replacement=cfg.sampler == "replacement",
         )
-        self.amp = cfg.amp and self.device.type == "cuda"
+        if cfg.amp and self.device.type != "cuda":
+            raise MissingDependencyError(f"--amp needs a CUDA GPU (mixed precision runs on the GPU only); "
+                                         f"this run is on {self.device}: drop --amp")
+        self.amp = cfg.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.state = {"epoch": 0, "global_step": 0, "best_recall": -1.0, "best_epoch": None}
         self.history: list[dict] = []
@@ -260,7 +277,7 @@ class Trainer:
         checkpoint = dict(
             model_state=self.model.state_dict(), criterion_state=self.loss.state_dict(),
             optimizer_state=self.optimizer.state_dict(),
-            training_state={"state": self.state, "sampler": self.sampler.state_dict(), "scaler": self.scaler.state_dict()},
+            training_state={"state": self.state, "scaler": self.scaler.state_dict()},
         )
         save_checkpoint(self.run_dir / LAST, **checkpoint)
         if improved:
@@ -269,22 +286,39 @@ class Trainer:
     def _finish(self) -> dict:
         evaluated = [row for row in self.history if "recall@1" in row]
         best = next((row for row in evaluated if row["epoch"] == self.state["best_epoch"]), {})
+        best_record = {"epoch": self.state["best_epoch"], "metrics": _metrics_only(best)}
+        validated = bool(self.cfg.validation_classes)
         summary = {
             "run_dir": str(self.run_dir),
             "epochs": self.state["epoch"],
             "steps": self.state["global_step"],
-            "best_epoch": self.state["best_epoch"],
-            "best": _metrics_only(best),
+            "evaluated_on": "validation" if validated else "test",
             "final": _metrics_only(evaluated[-1]) if evaluated else {},
+            ("best_validation_epoch" if validated else "best_test_epoch_paper_protocol"): best_record,
+            "shipped": self._shipped(validated),
             "wall_time_s": round(time.time() - self.started, 2),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "device": str(self.device),
             "world_size": self.dist.world_size,
         }
         if self.dist.is_main:
+            if validated:
+                summary["shipped"]["test_metrics"] = self._evaluate_shipped_on_test()
             write_json_atomic(self.run_dir / "summary.json", summary)
             plot_curves(self.history, self.run_dir / "curves.png")
         return summary
+
+    def _shipped(self, validated: bool) -> dict:
+        """The checkpoint ``s2sd export`` ships, chosen without the test classes."""
+        if validated:
+            return {"checkpoint": BEST, "epoch": self.state["best_epoch"], "rule": SELECT_BY_VALIDATION}
+        return {"checkpoint": LAST, "epoch": self.state["epoch"], "rule": SELECT_LAST}
+
+    def _evaluate_shipped_on_test(self) -> dict:
+        """The shipped (best validation) checkpoint on the test classes: evaluated once, never used to choose."""
+        _, test = load_splits(self.cfg.dataset, self.cfg.data_root, self.cfg.skip_bad_images)
+        self.model.load_state_dict(load_checkpoint(self.run_dir / BEST)["model"])
+        return evaluate_model(self.model, test, self.cfg, self.device)
 
 
 class _TrainStep(torch.nn.Module):

@@ -141,16 +141,29 @@ def test_local_weights_file(tmp_path):
         build_backbone("resnet5")
 
 
-def test_pretrained_without_network_is_one_clear_error(monkeypatch):
+def test_pretrained_offline_names_the_file_torch_expects(monkeypatch, tmp_path):
     import urllib.error
-
-    import torchvision
 
     from s2sd_deploy.model import build_backbone
 
-    def offline(*args, **kwargs):
+    requested = []
+
+    def offline(url, *args, **kwargs):
+        requested.append(url)
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(torchvision.models, "get_model", offline)
-    with pytest.raises(S2SDError, match="could not download the pretrained resnet50 weights.*--weights"):
-        build_backbone("resnet50", pretrained=True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what torchvision downloads with
+    expected = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"  # IMAGENET1K_V1, the reference's
+    with pytest.raises(S2SDError, match=f"place .*resnet50-0676ba61.pth at {expected}, or pass a local file with --weights"):
+        build_backbone("resnet50", pretrained="IMAGENET1K_V1")
+    assert requested == ["https://download.pytorch.org/models/resnet50-0676ba61.pth"]
+
+
+def test_pretrained_takes_a_torchvision_weights_name():
+    from s2sd_deploy.model import build_backbone, pretrained_weights
+
+    assert pretrained_weights("resnet50", "IMAGENET1K_V1").url.endswith("resnet50-0676ba61.pth")
+    assert pretrained_weights("resnet50", "DEFAULT") is pretrained_weights("resnet50", "IMAGENET1K_V2")  # not the paper's
+    with pytest.raises(S2SDError, match="invalid --pretrained 'IMAGENET' for resnet50; choose one of: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
+        build_backbone("resnet50", pretrained="IMAGENET")

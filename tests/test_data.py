@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s2sd_deploy.data import (ClassBalancedBatchSampler, LabelledImages, eval_transform, load_digits_splits,
+from s2sd_deploy.data import (ClassBatchSampler, LabelledImages, eval_transform, load_digits_splits,
                               load_splits, splits_for)
 from s2sd_deploy.config import build_train_config
 from s2sd_deploy.errors import S2SDError
@@ -124,7 +124,7 @@ def test_too_many_validation_classes_is_a_clear_error(count):
 
 def test_sampler_batches_are_balanced_and_deterministic():
     labels = np.repeat(np.arange(10), 6)
-    sampler = ClassBalancedBatchSampler(labels, classes_per_batch=4, samples_per_class=3, seed=1)
+    sampler = ClassBatchSampler(labels, classes_per_batch=4, samples_per_class=3, seed=1, replacement=False)
     first = list(sampler)
     assert len(first) == len(sampler) == 60 // 12
     for batch in first:
@@ -137,23 +137,25 @@ def test_sampler_batches_are_balanced_and_deterministic():
 
 def test_sampler_shards_across_ranks():
     labels = np.repeat(np.arange(8), 10)
-    ranks = [list(ClassBalancedBatchSampler(labels, 4, 2, seed=0, rank=r, world_size=2)) for r in (0, 1)]
-    whole = list(ClassBalancedBatchSampler(labels, 4, 2, seed=0, rank=0, world_size=1))
-    assert len(ranks[0]) == len(ranks[1]) == 5
-    assert ranks[0] == whole[0::2][:5] and ranks[1] == whole[1::2][:5]
+    for replacement in (True, False):
+        ranks = [list(ClassBatchSampler(labels, 4, 2, 0, r, 2, replacement)) for r in (0, 1)]
+        whole = list(ClassBatchSampler(labels, 4, 2, 0, 0, 1, replacement))
+        assert len(ranks[0]) == len(ranks[1]) == 5
+        assert ranks[0] == whole[0::2][:5] and ranks[1] == whole[1::2][:5]
 
 
 def test_small_classes_are_sampled_with_replacement_and_counted():
     labels = np.array([0] * 5 + [1] * 1 + [2] * 5)
-    sampler = ClassBalancedBatchSampler(labels, 3, 4, seed=0)
+    sampler = ClassBatchSampler(labels, 3, 4, seed=0, replacement=False)
     assert sampler.small_classes == 1  # class 1 has one image for 4 slots
     batch = next(iter(sampler))
     assert len(batch) == 12 and batch.count(5) == 4
 
 
 def test_too_few_classes_is_a_clear_error():
-    with pytest.raises(S2SDError, match="a batch needs 6 classes .* only 5"):
-        ClassBalancedBatchSampler(np.repeat(np.arange(5), 4), 6, 2)
+    with pytest.raises(S2SDError, match="a batch needs 6 distinct classes .* only 5.*--sampler replacement"):
+        ClassBatchSampler(np.repeat(np.arange(5), 4), 6, 2, replacement=False)
+    assert len(next(iter(ClassBatchSampler(np.repeat(np.arange(5), 4), 6, 2)))) == 12  # with replacement it can
 
 
 def test_cli_wrong_root_exits_2_with_layout(tmp_path):

@@ -42,7 +42,7 @@ def test_no_teacher_or_criterion_weights(exported, trained_run):
     out, _ = exported
     model = onnx.load(str(out / "model.onnx"))
     initializer_bytes = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
-    trained, _ = load_trained_model(trained_run)
+    trained, _, _ = load_trained_model(trained_run)
     # BatchNorm is folded into the convolutions: each BN's 4 vectors become one conv bias.
     batch_norms = [m for m in trained.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     folded = sum(4 * m.num_features * 4 for m in batch_norms) - sum(m.num_features * 4 for m in batch_norms)
@@ -65,6 +65,9 @@ def test_metadata_describes_preprocessing_and_provenance(exported, trained_run):
     assert meta["run_id"] == "tiny" and meta["config_hash"] == config["config_hash"]
     assert meta["dataset"] == "digits" and meta["package_version"] == config["package_version"]
     assert "recall@1" in json.loads(meta["test_metrics"])
+    # Shipped by default: the checkpoint training chose without the test classes (here the last epoch).
+    assert (meta["checkpoint"], meta["checkpoint_epoch"]) == ("last.safetensors", "1")
+    assert meta["selection_rule"].startswith("last epoch")
 
 
 def test_parity_report_within_bounds(exported):
@@ -115,7 +118,8 @@ def test_broken_parity_fails_the_export(trained_run, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda run: (run / "best.safetensors").unlink(), "no best checkpoint"),
+    (lambda run: (run / "last.safetensors").unlink(), "no shipped checkpoint"),
+    (lambda run: (run / "summary.json").unlink(), "has not finished, so it has no shipped checkpoint"),
     (lambda run: (run / "config.json").write_text('{"format": "s2sd-run/0"}'), "incompatible version"),
 ])
 def test_bad_runs_are_named(trained_run, tmp_path, change, message):

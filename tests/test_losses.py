@@ -114,7 +114,7 @@ def test_feature_distillation_starts_exactly_at_delay():
 def test_each_teacher_has_its_own_criterion_instance():
     cfg = build_train_config({"criterion": "margin"})
     loss = build_loss(cfg, num_classes=5)
-    betas = [c.loss.beta for c in [loss.student_criterion, *loss.teacher_criteria]]
+    betas = [c.beta for c in [loss.student_criterion, *loss.teacher_criteria]]
     assert len(betas) == 5 and len({id(b) for b in betas}) == 5
     assert all(b.shape == (5,) and torch.allclose(b, torch.full((5,), 1.2)) for b in betas)
 
@@ -131,7 +131,7 @@ def test_baseline_has_no_teachers_and_is_the_plain_criterion():
 def test_criteria_use_spec_values_not_library_defaults():
     cfg = build_train_config({})
     ms = build_criterion(cfg, 4)
-    assert (ms.loss.alpha, ms.loss.beta, ms.loss.base, ms.miner.epsilon) == (2.0, 40.0, 0.5, 0.1)
+    assert (ms.pos_weight, ms.neg_weight, ms.threshold, ms.mining_margin) == (2.0, 40.0, 0.5, 0.1)
     margin = build_criterion(build_train_config({"criterion": "margin"}), 4)
-    assert margin.loss.margin == 0.2
-    assert (margin.miner.cutoff, margin.miner.nonzero_loss_cutoff) == (0.5, 1.4)
+    assert margin.margin == 0.2 and torch.equal(margin.beta.detach(), torch.full((4,), 1.2))
+    assert (margin.lower_cutoff, margin.upper_cutoff) == (0.5, None)  # the reference's: no upper cut-off

@@ -34,14 +34,14 @@ def _odd_images():
 
 
 def test_preprocessing_equals_torchvision_eval_transform(embedder, trained_run):
-    _, run = load_trained_model(trained_run)
+    _, run, _ = load_trained_model(trained_run)
     transform = eval_transform(run.config)
     for image in _odd_images():
         np.testing.assert_array_equal(embedder.preprocess(image), transform(image).numpy())
 
 
 def test_embeddings_match_pytorch_on_test_images(embedder, trained_run):
-    model, run = load_trained_model(trained_run)
+    model, run, _ = load_trained_model(trained_run)
     _, test = load_splits("digits")
     images = test.sources[:20]
     with torch.no_grad():

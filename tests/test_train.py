@@ -45,6 +45,10 @@ def test_run_directory_contents(trained_run):
     assert {k.split(".")[0] for k in keys} == {"backbone", "student", "teachers", "optimizer"}
     summary = json.loads((trained_run / "summary.json").read_text())
     assert 0 < summary["final"]["recall@1"] <= 1 and summary["peak_memory_mb"] > 0
+    # No validation classes: the shipped checkpoint is the last epoch's; the best test epoch is reported, not shipped.
+    assert summary["evaluated_on"] == "test" and summary["shipped"]["checkpoint"] == "last.safetensors"
+    assert summary["shipped"]["epoch"] == 1 and "last epoch" in summary["shipped"]["rule"]
+    assert summary["best_test_epoch_paper_protocol"]["epoch"] == 1
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["epoch"] == 1 and "recall@1" in rows[0] and rows[0]["distill"] >= 0
 
@@ -144,3 +148,24 @@ def test_missing_cuda_is_refused_in_one_line(tmp_path):
     process = s2sd("train", "--device", "cuda", "--out-dir", str(tmp_path))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 3 and "no CUDA GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_validation_run_ships_the_best_validation_epoch_and_tests_it_once(tmp_path):
+    cfg = build_train_config({**FAST_DICT, "epochs": 2, "validation_classes": 2, "batch_size": 12,
+                              "samples_per_class": 4, "out_dir": str(tmp_path), "run_name": "val"})
+    summary = train(cfg)
+    assert summary["evaluated_on"] == "validation" and "best_test_epoch_paper_protocol" not in summary
+    best = summary["best_validation_epoch"]
+    assert summary["shipped"]["checkpoint"] == "best.safetensors" and summary["shipped"]["epoch"] == best["epoch"]
+    assert "validation" in summary["shipped"]["rule"]
+    test_metrics = summary["shipped"]["test_metrics"]  # the shipped weights, on the 5 unseen test digits
+    assert set(test_metrics) >= {"recall@1", "nmi", "map@r"} and test_metrics != best["metrics"]
+
+
+def test_amp_on_a_cpu_is_refused_in_one_line(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    process = s2sd("train", "--amp", "--device", "cpu", "--out-dir", str(tmp_path))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 3 and err.strip().splitlines() == [
+        "error: --amp needs a CUDA GPU (mixed precision runs on the GPU only); this run is on cpu: drop --amp"]

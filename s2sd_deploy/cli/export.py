@@ -23,7 +23,7 @@ def export(
     run: Annotated[Path, typer.Argument(help="Run directory written by `s2sd train`.")],
     engine: Annotated[str, typer.Option(help="onnx, or trt to also build a TensorRT engine (NVIDIA GPU + tensorrt).")] = "onnx",
     out: Annotated[Optional[Path], typer.Option(help="Output folder. [default: RUN/export]", show_default=False)] = None,
-    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint file of the run.")] = "best",
+    checkpoint: Annotated[str, typer.Option(help="shipped (chosen by training without the test classes: the best validation epoch with --validation-classes, else the last), best, last, or a checkpoint file of the run.")] = "shipped",
     opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
     batch_min: Annotated[int, typer.Option(help="TensorRT profile: smallest batch.")] = 1,
     batch_opt: Annotated[int, typer.Option(help="TensorRT profile: batch the engine is tuned for.")] = 32,
@@ -39,6 +39,8 @@ def export(
     cfg = ExportConfig(str(run), engine, str(out) if out else None, checkpoint, opset, batch_min, batch_opt,
                        batch_max, precision, with_teacher, triton, workspace_mb, verify_limit)
     report = export_run(cfg)
+    selection = report["checkpoint"]
+    typer.echo(f"exported {selection['checkpoint']} (epoch {selection.get('epoch')}): {selection['rule']}")
     for name, figures in report["parity"].items():
         typer.echo(f"{name}: max |diff| {figures['max_abs_diff']:.2e}, min cosine {figures['min_cosine']:.7f}, "
                    f"Recall@1 torch {figures['recall@1_torch']:.4f} = onnxruntime {figures['recall@1_onnxruntime']:.4f} "

@@ -58,7 +58,7 @@ def train(
     num_workers: Annotated[Optional[int], typer.Option(help="Data-loading processes. [default: 4; digits 0]", rich_help_panel=Data)] = None,
     backbone: Annotated[Optional[str], typer.Option(help="torchvision model name, e.g. resnet50 (paper), resnet18. [default: resnet50; digits resnet18]", rich_help_panel=Model)] = None,
     embed_dim: Annotated[Optional[int], typer.Option(help="Dimension d of the deployed student embedding. [default: 128]", rich_help_panel=Model)] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained", help="Start from torchvision's ImageNet weights (downloads them). [default: off]", rich_help_panel=Model)] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Start from these torchvision weights, e.g. IMAGENET1K_V1 (the paper's). [default: none]", rich_help_panel=Model)] = None,
     weights: Annotated[Optional[str], typer.Option(help="Local backbone weights: .safetensors, or a torch state dict (loaded with weights_only).", rich_help_panel=Model)] = None,
     freeze_bn: Annotated[Optional[bool], typer.Option("--freeze-bn/--no-freeze-bn", help="Keep BatchNorm in eval mode. [default: on for resnet50, off otherwise]", rich_help_panel=Model)] = None,
     criterion: Annotated[Optional[str], typer.Option(help="multisimilarity | margin | triplet. [default: multisimilarity]", rich_help_panel=Loss)] = None,
@@ -68,9 +68,9 @@ def train(
     ms_mining_margin: Annotated[Optional[float], typer.Option(help="Multisimilarity pair-mining margin. [default: 0.1]", rich_help_panel=Loss)] = None,
     margin: Annotated[Optional[float], typer.Option(help="Margin of the margin and triplet losses. [default: 0.2]", rich_help_panel=Loss)] = None,
     margin_beta: Annotated[Optional[float], typer.Option(help="Initial per-class beta of the margin loss. [default: 1.2]", rich_help_panel=Loss)] = None,
-    margin_beta_lr: Annotated[Optional[float], typer.Option(help="Learning rate of the margin betas. [default: 5e-4]", rich_help_panel=Loss)] = None,
+    criterion_lr: Annotated[Optional[float], typer.Option(help="Learning rate of learnable criterion parameters (margin betas). [default: 5e-4 for --no-s2sd, --lr under S2SD, as in the reference]", rich_help_panel=Optim)] = None,
     dw_lower_cutoff: Annotated[Optional[float], typer.Option(help="Distance-weighted sampling: lower distance cut-off. [default: 0.5]", rich_help_panel=Loss)] = None,
-    dw_upper_cutoff: Annotated[Optional[float], typer.Option(help="Distance-weighted sampling: upper distance cut-off. [default: 1.4]", rich_help_panel=Loss)] = None,
+    dw_upper_cutoff: Annotated[Optional[float], typer.Option(help="Distance-weighted sampling: upper distance cut-off. [default: none, as in the reference]", rich_help_panel=Loss)] = None,
     s2sd: Annotated[Optional[bool], typer.Option("--s2sd/--no-s2sd", help="Train with S2SD teachers, or the plain baseline. [default: on]", rich_help_panel=S2SD)] = None,
     variant: Annotated[Optional[str], typer.Option(help="dsd | msd | msdf | msdfa (the paper's ablation). [default: msdfa]", rich_help_panel=S2SD)] = None,
     target_dims: Annotated[Optional[str], typer.Option(help="Teacher dimensions, comma-separated. [default: from --variant: 512,1024,1536,2048; dsd 2048]", rich_help_panel=S2SD)] = None,
@@ -82,15 +82,17 @@ def train(
     feature_delay: Annotated[Optional[int], typer.Option(help="Training iterations before feature distillation starts. [default: 1000; digits 60]", rich_help_panel=S2SD)] = None,
     optimizer: Annotated[Optional[str], typer.Option(help="adam | adamw | sgd. [default: adam]", rich_help_panel=Optim)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate of network and teachers. [default: 1e-5; digits 1e-4]", rich_help_panel=Optim)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay. [default: 4e-4; digits 1e-4]", rich_help_panel=Optim)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of backbone and student. [default: 4e-4; digits 1e-4]", rich_help_panel=Optim)] = None,
+    teacher_weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay of the teacher MLPs. [default: 0]", rich_help_panel=Optim)] = None,
     lr_steps: Annotated[Optional[str], typer.Option(help="Epochs at which the lr is multiplied by --lr-gamma, comma-separated. [default: none]", rich_help_panel=Optim)] = None,
     lr_gamma: Annotated[Optional[float], typer.Option(help="Factor of the step schedule. [default: 0.3]", rich_help_panel=Optim)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs. [default: 150; digits 12]", rich_help_panel=Optim)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per batch (= classes x samples per class). [default: 112; digits 80]", rich_help_panel=Optim)] = None,
     samples_per_class: Annotated[Optional[int], typer.Option(help="Images of each class in a batch. [default: 2; digits 16]", rich_help_panel=Optim)] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="replacement (reference: classes and images drawn with replacement) | distinct. [default: replacement; digits distinct]", rich_help_panel=Optim)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and augmentation. [default: 0]", rich_help_panel=Optim)] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N. [default: auto: the GPU when there is one]", rich_help_panel=Optim)] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (GPU only). [default: on]", rich_help_panel=Optim)] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision (GPU only). [default: off, as in the reference]", rich_help_panel=Optim)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Epochs between evaluations; the last is always evaluated. [default: 1]", rich_help_panel=Run)] = None,
     recall_ks: Annotated[Optional[str], typer.Option(help="k of Recall@k, comma-separated. [default: 1,2,4,8; sop 1,10,100]", rich_help_panel=Run)] = None,
     out_dir: Annotated[Optional[str], typer.Option(help="Where run directories go. [default: runs]", rich_help_panel=Run)] = None,
@@ -117,8 +119,9 @@ def print_summary(summary: dict) -> None:
     final = summary.get("final", {})
     typer.echo(
         f"Recall@1 {final.get('recall@1', float('nan')):.4f}  NMI {final.get('nmi', float('nan')):.4f}  "
-        f"mAP@R {final.get('map@r', float('nan')):.4f}  (final epoch; best Recall@1 "
-        f"{summary.get('best', {}).get('recall@1', float('nan')):.4f} at epoch {summary.get('best_epoch')})"
+        f"mAP@R {final.get('map@r', float('nan')):.4f}  (final epoch, {summary['evaluated_on']} classes)"
     )
+    shipped = summary["shipped"]
+    typer.echo(f"shipped checkpoint: {shipped['checkpoint']} (epoch {shipped['epoch']}): {shipped['rule']}")
     typer.echo(f"wall time {summary['wall_time_s']:.0f} s, peak memory {summary['peak_memory_mb']:.0f} MB")
     typer.echo(f"run: {summary['run_dir']}")
