@@ -27,10 +27,16 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/ablation")
     parser.add_argument("--runs-dir", default="runs/ablation")
     args = parser.parse_args()
-    cfg = AblationConfig(dims=[int(d) for d in args.dims.split(",")], seeds=[int(s) for s in args.seeds.split(",")],
-                         epochs=args.epochs, arms=args.arms.split(","), lrs=[float(v) for v in args.lrs.split(",")],
-                         selection_seeds=[int(s) for s in args.selection_seeds.split(",")],
-                         out=args.out, runs_dir=args.runs_dir)
+    cfg = AblationConfig(
+        dims=[int(d) for d in args.dims.split(",")],
+        seeds=[int(s) for s in args.seeds.split(",")],
+        epochs=args.epochs,
+        arms=args.arms.split(","),
+        lrs=[float(v) for v in args.lrs.split(",")],
+        selection_seeds=[int(s) for s in args.selection_seeds.split(",")],
+        out=args.out,
+        runs_dir=args.runs_dir,
+    )
     results = run_ablation(cfg)
     results["command"] = "python " + " ".join(sys.argv)
     write_ablation(results, Path(cfg.out))

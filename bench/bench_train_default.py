@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from s2sd_deploy.checkpoint import write_json_atomic
-from s2sd_deploy.env import machine_info
+from s2sd_deploy.atomic_files import write_json_atomic
+from s2sd_deploy.bench.machine import machine_info
 
 
 def main() -> None:
@@ -26,8 +26,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as runs:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "s2sd_deploy.cli", "train", "--out-dir", runs, "--run-name", "default"],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "s2sd_deploy.cli", "train", "--out-dir", runs, "--run-name", "default"], check=True
+        )
         outer = time.perf_counter() - started
         summary = json.loads((Path(runs) / "default" / "summary.json").read_text())
     result = {
@@ -39,7 +40,9 @@ def main() -> None:
         "machine": machine_info(),
     }
     write_json_atomic(args.out, result)
-    print(json.dumps({k: result[k] for k in ("outer_wall_time_s", "target")}), summary["final"], summary["peak_memory_mb"])
+    print(
+        json.dumps({k: result[k] for k in ("outer_wall_time_s", "target")}), summary["final"], summary["peak_memory_mb"]
+    )
 
 
 if __name__ == "__main__":

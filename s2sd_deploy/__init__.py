@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 def __getattr__(name):
     # Imported lazily so ``import s2sd_deploy`` stays cheap and needs no onnxruntime.
     if name == "Embedder":
-        from .runtime import Embedder
+        from .serving.embedder import Embedder
 
         return Embedder
     raise AttributeError(f"module 's2sd_deploy' has no attribute {name!r}")

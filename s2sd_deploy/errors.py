@@ -21,9 +21,3 @@ class TrainingDiverged(S2SDError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
     exit_code = 4
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise :class:`S2SDError` with ``message`` unless ``condition`` holds."""
-    if not condition:
-        raise S2SDError(message)

@@ -1,10 +1,10 @@
-"""Retrieval metrics on unseen classes: Recall@k, NMI of k-means clusters, mAP@R (faiss)."""
+"""Retrieval metrics (Recall@k, NMI of k-means clusters, mAP@R; faiss), recall against exact search, and
+the parity of two embedding sets. No torch: serving evaluates exported models with these too."""
 
 from __future__ import annotations
 
 import faiss
 import numpy as np
-from sklearn.metrics import normalized_mutual_info_score
 
 
 def nearest_neighbours(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -52,6 +52,8 @@ def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     kmeans = faiss.Kmeans(embeddings.shape[1], num_classes, niter=50, seed=seed, verbose=False)
     kmeans.train(embeddings)
     _, clusters = kmeans.index.search(embeddings, 1)
+    from sklearn.metrics import normalized_mutual_info_score
+
     return float(normalized_mutual_info_score(labels, clusters[:, 0]))
 
 
@@ -65,3 +67,16 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, recall_ks=(1
     results["nmi"] = nmi(embeddings, labels)
     results["map@r"] = map_at_r(neighbour_labels, labels)
     return results
+
+
+def recall_against_exact(approximate_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+    """Fraction of the exact top k that the approximate top k also returns (recall@k vs exact)."""
+    hits = (approximate_ids[:, :k, None] == exact_ids[:, None, :k]).any(axis=2)
+    return float(hits.sum() / exact_ids[:, :k].size)
+
+
+def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """How far two embedding sets (N, d) of the same inputs are apart: max abs difference, min row cosine."""
+    norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    cosine = (reference * candidate).sum(1) / np.maximum(norms, np.finfo(np.float32).tiny)
+    return {"max_abs_diff": float(np.abs(reference - candidate).max()), "min_cosine": float(cosine.min())}

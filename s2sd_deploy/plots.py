@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import atomic_path
+from .atomic_files import atomic_path
 
 
 def pyplot():

@@ -12,16 +12,24 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TINY = dict(
-    dataset="digits", backbone="resnet18", image_size=32, resize_size=36, epochs=1,
-    batch_size=40, samples_per_class=8, target_dims=[64, 128], embed_dim=16, eval_every=1,
+    dataset="digits",
+    backbone="resnet18",
+    image_size=32,
+    resize_size=36,
+    epochs=1,
+    batch_size=40,
+    samples_per_class=8,
+    target_dims=[64, 128],
+    embed_dim=16,
+    eval_every=1,
 )
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A one-epoch S2SD run on digits (resnet18, 16-d student, teachers 64/128); returns its path."""
-    from s2sd_deploy.config import build_train_config
-    from s2sd_deploy.train import train
+    from s2sd_deploy.training.config import build_train_config
+    from s2sd_deploy.training.trainer import train
 
     out = tmp_path_factory.mktemp("runs")
     cfg = build_train_config({**TINY, "out_dir": str(out), "run_name": "tiny"})

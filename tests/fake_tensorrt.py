@@ -11,8 +11,9 @@ import enum
 import types
 
 
-def make_fake_tensorrt(major: int = 10, parse_ok: bool = True, build_ok: bool = True,
-                       input_shape=(-1, 3, 32, 32)) -> types.ModuleType:
+def make_fake_tensorrt(
+    major: int = 10, parse_ok: bool = True, build_ok: bool = True, input_shape=(-1, 3, 32, 32)
+) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = f"{major}.0.0-fake"
     trt.calls = {}

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from s2sd_deploy.ablation import AblationConfig, aggregate, markdown, run_ablation
+from s2sd_deploy.bench.ablation import AblationConfig, aggregate, markdown, run_ablation
 
 
 def test_aggregate_mean_and_sample_std():
@@ -22,14 +22,24 @@ def test_aggregate_mean_and_sample_std():
 
 
 def test_tiny_real_ablation_chooses_lr_on_held_out_classes_and_reuses_runs(tmp_path):
-    cfg = AblationConfig(dims=[4], seeds=[0], arms=["dsd"], epochs=1, lrs=[1e-4, 1e-3], selection_seeds=[0],
-                         out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
+    cfg = AblationConfig(
+        dims=[4],
+        seeds=[0],
+        arms=["dsd"],
+        epochs=1,
+        lrs=[1e-4, 1e-3],
+        selection_seeds=[0],
+        out=str(tmp_path / "out"),
+        runs_dir=str(tmp_path / "runs"),
+    )
     first = run_ablation(cfg, progress=lambda m: None)
     assert [(r["arm"], r["seeds"]) for r in first["table"]] == [("dsd", 1)]
     for row in first["table"]:  # the chosen lr is the best on validation, and the final run used it
         candidates = [s for s in first["selection"] if s["arm"] == row["arm"]]
         assert row["lr"] == max(candidates, key=lambda s: s["val_map@r_mean"])["lr"]
-        config = json.loads((tmp_path / "runs" / "test" / f"d4-{row['arm']}-lr{row['lr']:g}-seed0" / "config.json").read_text())
+        config = json.loads(
+            (tmp_path / "runs" / "test" / f"d4-{row['arm']}-lr{row['lr']:g}-seed0" / "config.json").read_text()
+        )
         assert config["config"]["lr"] == row["lr"]
     selection_run = json.loads((tmp_path / "runs" / "select" / "d4-dsd-lr0.001-seed0" / "config.json").read_text())
     assert selection_run["num_train_classes"] == 3 and selection_run["num_test_classes"] == 2  # digits 0-2 / 3-4

@@ -7,15 +7,16 @@ import json
 import pytest
 import torch
 
-from s2sd_deploy.checkpoint import atomic_path, load_checkpoint, save_checkpoint, student_state
-from s2sd_deploy.config import TrainConfig, build_train_config
+from s2sd_deploy.atomic_files import atomic_path
 from s2sd_deploy.errors import S2SDError
-from s2sd_deploy.model import EmbeddingModel, build_model
+from s2sd_deploy.training.config import TrainConfig, build_train_config
+from s2sd_deploy.training.model import EmbeddingModel, build_model
+from s2sd_deploy.training.run_dir import load_checkpoint, save_checkpoint
 
 
 def test_layers_defaults_preset_file_flags(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('epochs = 3\nlr = 0.01\n[s2sd]\ndistill-weight = 10.0\n')
+    toml.write_text("epochs = 3\nlr = 0.01\n[s2sd]\ndistill-weight = 10.0\n")
     cfg = build_train_config({"lr": 0.5}, toml)
     assert cfg.backbone == "resnet18"  # digits preset over the paper default
     assert cfg.epochs == 3 and cfg.distill_weight == 10.0  # file over preset/defaults
@@ -25,26 +26,40 @@ def test_layers_defaults_preset_file_flags(tmp_path):
 
 def test_paper_defaults_for_real_datasets():
     cfg = build_train_config({"dataset": "cub200", "data_root": "/data"})
-    assert (cfg.backbone, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.samples_per_class) == ("resnet50", 1e-5, 4e-4, 112, 2)
+    assert (cfg.backbone, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.samples_per_class) == (
+        "resnet50",
+        1e-5,
+        4e-4,
+        112,
+        2,
+    )
     assert (cfg.distill_weight, cfg.feature_weight, cfg.feature_delay, cfg.temperature) == (50.0, 50.0, 1000, 1.0)
     assert cfg.freeze_bn is True and cfg.image_size == 224 and cfg.resize_size == 256
 
 
-@pytest.mark.parametrize("variant,dims,feature,pool", [
-    ("dsd", [2048], False, False), ("msd", [512, 1024, 1536, 2048], False, False),
-    ("msdf", [512, 1024, 1536, 2048], True, False), ("msdfa", [512, 1024, 1536, 2048], True, True),
-])
+@pytest.mark.parametrize(
+    "variant,dims,feature,pool",
+    [
+        ("dsd", [2048], False, False),
+        ("msd", [512, 1024, 1536, 2048], False, False),
+        ("msdf", [512, 1024, 1536, 2048], True, False),
+        ("msdfa", [512, 1024, 1536, 2048], True, True),
+    ],
+)
 def test_variants(variant, dims, feature, pool):
     cfg = build_train_config({"variant": variant})
     assert (cfg.target_dims, cfg.feature_distill, cfg.pool_aggregation) == (dims, feature, pool)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"criterion": "arcface"}, "choose one of: multisimilarity, margin, triplet"),
-    ({"dataset": "cub200"}, "--data-root is required"),
-    ({"batch_size": 81}, "multiple of --samples-per-class"),
-    ({"samples_per_class": 1, "batch_size": 5}, "at least 2"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"criterion": "arcface"}, "choose one of: multisimilarity, margin, triplet"),
+        ({"dataset": "cub200"}, "--data-root is required"),
+        ({"batch_size": 81}, "multiple of --samples-per-class"),
+        ({"samples_per_class": 1, "batch_size": 5}, "at least 2"),
+    ],
+)
 def test_invalid_options_name_the_problem(overrides, message):
     with pytest.raises(S2SDError, match=message):
         build_train_config(overrides)
@@ -79,7 +94,6 @@ def test_checkpoint_round_trip_with_optimizer(tmp_path):
     fresh.load_state_dict(loaded["optimizer"])
     for a, b in zip(fresh.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"])
-    assert not any(k.startswith("teachers.") for k in student_state(loaded["model"]))
 
 
 def test_failed_write_leaves_previous_file_intact(tmp_path):
@@ -120,14 +134,14 @@ def test_model_parts_have_separate_prefixes():
     out = model(torch.randn(2, 3, 9, 9))
     assert out.embeddings.shape == (2, 4) and [t.shape[1] for t in out.teacher_embeddings] == [8, 16]
     assert torch.allclose(out.embeddings.norm(dim=1), torch.ones(2))
-    assert torch.allclose(model.embed(torch.randn(2, 3, 9, 9)).norm(dim=1), torch.ones(2))
+    assert torch.allclose(model.deployed()(torch.randn(2, 3, 9, 9)).norm(dim=1), torch.ones(2))
 
 
 def test_local_weights_file(tmp_path):
     import torchvision
     from safetensors.torch import save_file
 
-    from s2sd_deploy.model import build_backbone
+    from s2sd_deploy.training.model import build_backbone
 
     reference = torchvision.models.resnet18()
     save_file(reference.state_dict(), str(tmp_path / "r18.safetensors"))
@@ -144,7 +158,7 @@ def test_local_weights_file(tmp_path):
 def test_pretrained_offline_names_the_file_torch_expects(monkeypatch, tmp_path):
     import urllib.error
 
-    from s2sd_deploy.model import build_backbone
+    from s2sd_deploy.training.model import build_backbone
 
     requested = []
 
@@ -155,15 +169,63 @@ def test_pretrained_offline_names_the_file_torch_expects(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # what torchvision downloads with
     expected = tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth"  # IMAGENET1K_V1, the reference's
-    with pytest.raises(S2SDError, match=f"place .*resnet50-0676ba61.pth at {expected}, or pass a local file with --weights"):
+    with pytest.raises(
+        S2SDError, match=f"place .*resnet50-0676ba61.pth at {expected}, or pass a local file with --weights"
+    ):
         build_backbone("resnet50", pretrained="IMAGENET1K_V1")
     assert requested == ["https://download.pytorch.org/models/resnet50-0676ba61.pth"]
 
 
 def test_pretrained_takes_a_torchvision_weights_name():
-    from s2sd_deploy.model import build_backbone, pretrained_weights
+    from s2sd_deploy.training.model import build_backbone, pretrained_weights
 
     assert pretrained_weights("resnet50", "IMAGENET1K_V1").url.endswith("resnet50-0676ba61.pth")
-    assert pretrained_weights("resnet50", "DEFAULT") is pretrained_weights("resnet50", "IMAGENET1K_V2")  # not the paper's
-    with pytest.raises(S2SDError, match="invalid --pretrained 'IMAGENET' for resnet50; choose one of: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"):
+    assert pretrained_weights("resnet50", "DEFAULT") is pretrained_weights(
+        "resnet50", "IMAGENET1K_V2"
+    )  # not the paper's
+    with pytest.raises(
+        S2SDError,
+        match="invalid --pretrained 'IMAGENET' for resnet50; choose one of: IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT",
+    ):
         build_backbone("resnet50", pretrained="IMAGENET")
+
+
+def test_step_schedule_scales_every_group():
+    from s2sd_deploy.training.losses import build_loss
+    from s2sd_deploy.training.optim import build_optimizer, set_epoch_lr
+
+    cfg = build_train_config(
+        {"criterion": "margin", "lr": 1e-3, "lr_steps": [2, 4], "lr_gamma": 0.5, "target_dims": [8]}
+    )
+    model = EmbeddingModel(torch.nn.Conv2d(3, 4, 3), 4, 4, target_dims=[8])
+    optimizer = build_optimizer(cfg, model, build_loss(cfg, 3))
+    for epoch, factor in ((0, 1.0), (1, 1.0), (2, 0.5), (3, 0.5), (4, 0.25), (9, 0.25)):
+        assert set_epoch_lr(optimizer, cfg, epoch) == pytest.approx(1e-3 * factor)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx(
+            [g["base_lr"] * factor for g in optimizer.param_groups]
+        )
+
+
+def test_run_directories_of_format_1_still_load(tmp_path):
+    from s2sd_deploy.errors import S2SDError
+    from s2sd_deploy.training.run_dir import RunDir
+
+    old = {**TrainConfig().to_dict(), "margin_beta_lr": 5e-4, "dw_upper_cutoff": 1.4, "pretrained": True, "amp": True}
+    for key in ("criterion_lr", "teacher_weight_decay", "sampler"):
+        old.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "s2sd-run/1", "run_id": "old", "config": old}))
+    (tmp_path / "summary.json").write_text(json.dumps({"best": {"recall@1": 0.5}, "final": {"recall@1": 0.4}}))
+    cfg = RunDir.open(tmp_path).config  # what that run did, in today's fields
+    assert (cfg.criterion_lr, cfg.dw_upper_cutoff, cfg.sampler, cfg.pretrained, cfg.amp) == (
+        5e-4,
+        1.4,
+        "distinct",
+        "DEFAULT",
+        True,
+    )
+    assert cfg.teacher_weight_decay == cfg.weight_decay
+    with pytest.raises(S2SDError, match="run format s2sd-run/1.*pass --checkpoint last or --checkpoint best"):
+        RunDir.open(tmp_path).select_checkpoint("shipped")
+    (tmp_path / "config.json").write_text(json.dumps({"format": "s2sd-run/0", "config": old}))
+    with pytest.raises(S2SDError, match="not an s2sd run of format s2sd-run/2 \\(found 's2sd-run/0'\\)"):
+        RunDir.open(tmp_path)

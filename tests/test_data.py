@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s2sd_deploy.data import (ClassBatchSampler, LabelledImages, eval_transform, load_digits_splits,
-                              load_splits, splits_for)
-from s2sd_deploy.config import build_train_config
 from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.training.config import build_train_config
+from s2sd_deploy.training.datasets import load_digits_splits, load_splits, splits_for
+from s2sd_deploy.training.loading import LabelledImages, eval_transform
+from s2sd_deploy.training.sampler import ClassBatchSampler
 
 
 def _image(path, seed=0):
@@ -77,10 +78,15 @@ def test_imagefolder_split_by_class(tmp_path):
     _check_splits(train, test, 3, 2, 3)
 
 
-@pytest.mark.parametrize("dataset,message", [
-    ("cub200", "images/001.Black_footed_Albatross"), ("sop", "Ebay_train.txt"),
-    ("cars196", "cars_annos.mat"), ("imagefolder", "<class name>"),
-])
+@pytest.mark.parametrize(
+    "dataset,message",
+    [
+        ("cub200", "images/001.Black_footed_Albatross"),
+        ("sop", "Ebay_train.txt"),
+        ("cars196", "cars_annos.mat"),
+        ("imagefolder", "<class name>"),
+    ],
+)
 def test_missing_root_names_the_layout(tmp_path, dataset, message):
     with pytest.raises(S2SDError, match=f"expected layout: .*{message}"):
         load_splits(dataset, str(tmp_path / "missing"))
@@ -92,7 +98,9 @@ def test_undecodable_image_is_named_or_skipped(tmp_path):
             _image(tmp_path / f"c{c}" / f"{i}.png", c)
     (tmp_path / "c0" / "broken.png").write_bytes(b"not a png")
     train, _ = load_splits("imagefolder", str(tmp_path))
-    dataset = LabelledImages(train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8})))
+    dataset = LabelledImages(
+        train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8}).preprocessing())
+    )
     broken = [i for i, p in enumerate(train.sources) if p.name == "broken.png"][0]
     with pytest.raises(S2SDError, match="cannot decode image .*broken.png.*--skip-bad-images"):
         dataset[broken]
@@ -159,8 +167,23 @@ def test_too_few_classes_is_a_clear_error():
 
 
 def test_cli_wrong_root_exits_2_with_layout(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "s2sd_deploy.cli", "train", "--dataset", "cub200", "--data-root",
-                             str(tmp_path / "nope"), "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "s2sd_deploy.cli",
+            "train",
+            "--dataset",
+            "cub200",
+            "--data-root",
+            str(tmp_path / "nope"),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "expected layout" in lines[0]

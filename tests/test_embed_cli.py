@@ -7,11 +7,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from s2sd_deploy.cli import _register_commands, app
-from s2sd_deploy.export import ExportConfig, export_run
-from s2sd_deploy.runtime import Embedder
+from s2sd_deploy.cli import app
+from s2sd_deploy.deploy.export import ExportConfig, export_run
+from s2sd_deploy.serving.embedder import Embedder
 
-_register_commands()
 runner = CliRunner()
 
 
@@ -29,8 +28,20 @@ def collection(trained_run, tmp_path_factory):
 
 
 def _embed(collection, out, *extra):
-    result = runner.invoke(app, ["embed", str(collection / "images"), "--model", str(collection / "export" / "model.onnx"),
-                                 "--out", str(out), "--workers", "2", *extra])
+    result = runner.invoke(
+        app,
+        [
+            "embed",
+            str(collection / "images"),
+            "--model",
+            str(collection / "export" / "model.onnx"),
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            *extra,
+        ],
+    )
     assert result.exit_code == 0, result.output
     return result, np.load(out, allow_pickle=False)
 
@@ -53,7 +64,9 @@ def test_shards_concatenate_to_single_machine_result(collection, tmp_path):
 
 def test_bad_shard_and_missing_input(collection, tmp_path):
     model = str(collection / "export" / "model.onnx")
-    result = runner.invoke(app, ["embed", str(collection / "images"), "--model", model, "--out", str(tmp_path / "x.npz"), "--shard", "4/3"])
+    result = runner.invoke(
+        app, ["embed", str(collection / "images"), "--model", model, "--out", str(tmp_path / "x.npz"), "--shard", "4/3"]
+    )
     assert result.exit_code != 0 and "K must be between 1 and N" in str(result.exception)
     result = runner.invoke(app, ["embed", str(tmp_path / "nope"), "--model", model, "--out", str(tmp_path / "x.npz")])
     assert "input not found" in str(result.exception)

@@ -13,9 +13,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from s2sd_deploy.export import ExportConfig, export_run
+from s2sd_deploy.deploy.export import ExportConfig, export_run
 from s2sd_deploy.errors import S2SDError
-from s2sd_deploy.rundir import load_trained_model
+from s2sd_deploy.training.datasets import splits_for
+from s2sd_deploy.training.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +43,18 @@ def test_no_teacher_or_criterion_weights(exported, trained_run):
     out, _ = exported
     model = onnx.load(str(out / "model.onnx"))
     initializer_bytes = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
-    trained, _, _ = load_trained_model(trained_run)
+    trained, _ = RunDir.open(trained_run).load_model()
     # BatchNorm is folded into the convolutions: each BN's 4 vectors become one conv bias.
     batch_norms = [m for m in trained.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     folded = sum(4 * m.num_features * 4 for m in batch_norms) - sum(m.num_features * 4 for m in batch_norms)
-    student_bytes = sum(v.numel() * v.element_size() for k, v in trained.state_dict().items()
-                        if k.startswith(("backbone.", "student.")) and not k.endswith("num_batches_tracked")) - folded
+    student_bytes = (
+        sum(
+            v.numel() * v.element_size()
+            for k, v in trained.state_dict().items()
+            if k.startswith(("backbone.", "student.")) and not k.endswith("num_batches_tracked")
+        )
+        - folded
+    )
     smallest_teacher = min(sum(p.numel() * p.element_size() for p in head.parameters()) for head in trained.teachers)
     assert smallest_teacher > 100_000
     assert abs(initializer_bytes - student_bytes) < 1024  # a few graph constants (axes, eps) besides the weights
@@ -108,20 +115,23 @@ def test_with_teacher_adds_verified_teacher_output(trained_run, tmp_path):
 
 
 def test_broken_parity_fails_the_export(trained_run, tmp_path, monkeypatch):
-    import s2sd_deploy.export as export_module
+    import s2sd_deploy.deploy.verify as verify
 
-    original = export_module._onnx_embeddings
-    monkeypatch.setattr(export_module, "_onnx_embeddings", lambda path, loader: [e + 1e-3 for e in original(path, loader)])
+    original = verify.onnx_embeddings
+    monkeypatch.setattr(verify, "onnx_embeddings", lambda path, loader: [e + 1e-3 for e in original(path, loader)])
     with pytest.raises(S2SDError, match="disagree on embeddings: max \\|diff\\| 1.00e-03"):
         export_run(ExportConfig(run=str(trained_run), out=str(tmp_path), verify_limit=32))
     assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda run: (run / "last.safetensors").unlink(), "no shipped checkpoint"),
-    (lambda run: (run / "summary.json").unlink(), "has not finished, so it has no shipped checkpoint"),
-    (lambda run: (run / "config.json").write_text('{"format": "s2sd-run/0"}'), "incompatible version"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda run: (run / "last.safetensors").unlink(), "no shipped checkpoint"),
+        (lambda run: (run / "summary.json").unlink(), "has not finished, so it has no shipped checkpoint"),
+        (lambda run: (run / "config.json").write_text('{"format": "s2sd-run/0"}'), "incompatible version"),
+    ],
+)
 def test_bad_runs_are_named(trained_run, tmp_path, change, message):
     import shutil
 
@@ -142,18 +152,71 @@ def test_cli_trt_without_tensorrt_writes_onnx_and_exits_3(trained_run, tmp_path)
     except ImportError:
         pass
     result = subprocess.run(
-        [sys.executable, "-m", "s2sd_deploy.cli", "export", str(trained_run), "--engine", "trt",
-         "--out", str(tmp_path), "--verify-limit", "32"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "s2sd_deploy.cli",
+            "export",
+            str(trained_run),
+            "--engine",
+            "trt",
+            "--out",
+            str(tmp_path),
+            "--verify-limit",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
     )
     assert result.returncode == 3, result.stderr
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1 and "tensorrt package is not installed" in error_lines[0] and "pip install" in error_lines[0]
+    assert (
+        len(error_lines) == 1
+        and "tensorrt package is not installed" in error_lines[0]
+        and "pip install" in error_lines[0]
+    )
     assert (tmp_path / "model.onnx").is_file()
     assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "onnx-only"
 
 
 def test_cli_invalid_engine(trained_run):
-    result = subprocess.run([sys.executable, "-m", "s2sd_deploy.cli", "export", str(trained_run), "--engine", "tflite"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "s2sd_deploy.cli", "export", str(trained_run), "--engine", "tflite"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "choose one of: onnx, trt" in result.stderr
+
+
+def test_forward_deployed_and_onnx_agree(trained_run, exported):
+    import onnxruntime as ort
+
+    from s2sd_deploy.training.evaluation import embed_split
+    from s2sd_deploy.training.loading import eval_loader
+
+    out, _ = exported
+    run = RunDir.open(trained_run)
+    model, _ = run.load_model()
+    images = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        training = model(images)
+        student, teacher = model.deployed(with_teacher=True)(images)
+    torch.testing.assert_close(student, training.embeddings, rtol=0, atol=0)
+    torch.testing.assert_close(teacher, training.teacher_embeddings[1], rtol=0, atol=0)  # the 128-d of 64/128
+    torch.testing.assert_close(model.deployed()(images), student, rtol=0, atol=0)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images.numpy()})[0], student.numpy(), atol=1e-5)
+    # Evaluation embeds with the deployed forward; with teachers, every head in order.
+    _, test = splits_for(run.config)
+    test.sources, test.labels = test.sources[:12], test.labels[:12]
+    students, teachers = embed_split(model, test, run.config, with_teachers=True)
+    alone, none = embed_split(model, test, run.config)
+    batch = next(iter(eval_loader(test, run.config)))[0]
+    with torch.no_grad():
+        expected = model(batch)
+    np.testing.assert_array_equal(students, alone)
+    assert none == [] and [t.shape for t in teachers] == [(12, 64), (12, 128)]
+    np.testing.assert_allclose(teachers[1], expected.teacher_embeddings[1].numpy(), atol=1e-6)

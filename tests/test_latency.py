@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from s2sd_deploy.cli import _register_commands, app
+from s2sd_deploy.bench.latency import BenchConfig, run_benchmark
+from s2sd_deploy.bench.machine import check_memory
+from s2sd_deploy.bench.retrieval_cost import contrast
+from s2sd_deploy.cli import app
 from s2sd_deploy.errors import MissingDependencyError, S2SDError
-from s2sd_deploy.latency import (BenchConfig, check_memory, contrast, latency_stats, measure, measure_interleaved,
-                                 run_benchmark)
-
-_register_commands()
+from s2sd_deploy.timing import latency_stats, measure, measure_interleaved
 
 
 def test_memory_estimate_refuses_before_allocating(monkeypatch):
-    monkeypatch.setattr("s2sd_deploy.latency.available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr("s2sd_deploy.bench.machine.available_memory_bytes", lambda: 2**30)
     with pytest.raises(S2SDError, match="needs about .* GiB but 1.0 GiB is available; drop --large"):
         check_memory(BenchConfig(large=True), [128, 2048])
 
@@ -36,34 +36,63 @@ def test_latency_stats_and_measure():
     assert stats["p50_ms"] == pytest.approx(2.5) and stats["qps"] == pytest.approx(1600)
     assert len(measure(lambda: None, min_repeats=7, budget_s=0.0)) == 7
     calls = []
-    seconds = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_rounds=3, budget_s=0.0)
+    seconds = measure_interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, min_rounds=3, budget_s=0.0
+    )
     assert calls == ["a", "b"] * 4 and len(seconds["a"]) == len(seconds["b"]) == 3  # one warm-up round, then in turn
 
 
 def test_contrast_ratios_against_the_student():
-    rows = [{"index": "flat", "gallery": 10, "batch": 1, "dim": d, "p50_ms": ms, "kernel": "k"} for d, ms in ((8, 1.0), (32, 3.0))]
+    rows = [
+        {"index": "flat", "gallery": 10, "batch": 1, "dim": d, "p50_ms": ms, "kernel": "k"}
+        for d, ms in ((8, 1.0), (32, 3.0))
+    ]
     out = contrast(rows, 8, {"memory_bandwidth_gbs": 1.0, "gemm_gflops": 1.0})
     assert [c["measured_ratio"] for c in out] == [1.0, 3.0] and [c["theoretical_ratio"] for c in out] == [1.0, 4.0]
 
 
 def test_deadline_records_what_was_skipped(trained_run, tmp_path):
-    results = run_benchmark(BenchConfig(run=str(trained_run), dims=[8, 16], gallery_sizes=[500], max_seconds=0.0,
-                                        encoder=True, out=str(tmp_path)))
+    results = run_benchmark(
+        BenchConfig(
+            run=str(trained_run), dims=[8, 16], gallery_sizes=[500], max_seconds=0.0, encoder=True, out=str(tmp_path)
+        )
+    )
     assert any("budget reached" in note for note in results["notes"])
     assert results["retrieval"] == []
 
 
 def test_cli_small_run_writes_every_output(trained_run, tmp_path):
-    result = CliRunner().invoke(app, ["bench-latency", "--run", str(trained_run), "--dims", "16,64", "--gallery-sizes", "1000,3000",
-                                      "--query-batch", "1,8", "--index", "flat,hnsw,ivfpq", "--out", str(tmp_path), "--no-encoder"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench-latency",
+            "--run",
+            str(trained_run),
+            "--dims",
+            "16,64",
+            "--gallery-sizes",
+            "1000,3000",
+            "--query-batch",
+            "1,8",
+            "--index",
+            "flat,hnsw,ivfpq",
+            "--out",
+            str(tmp_path),
+            "--no-encoder",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "results.json").read_text())
     regimes = {(r["gallery"], r["dim"], r["batch"], r["index"]) for r in saved["retrieval"]}
     assert len(regimes) == 2 * 2 * 2 * 3
     assert all(r["data"] == "synthetic unit-norm vectors" for r in saved["retrieval"])
-    assert all(r["kernels"][r["kernel"]]["verified_same_neighbours"] for r in saved["retrieval"] if r["index"] == "flat")
+    assert all(
+        r["kernels"][r["kernel"]]["verified_same_neighbours"] for r in saved["retrieval"] if r["index"] == "flat"
+    )
     heads = saved["accuracy"]["heads"]
-    assert {"student-16", "teacher-64", "teacher-128"} <= set(heads) and any(h.startswith("cascade-16>128@") for h in heads)
+    assert {"student-16", "teacher-64", "teacher-128"} <= set(heads) and any(
+        h.startswith("cascade-16>128@") for h in heads
+    )
     assert saved["machine"]["cores"] and saved["machine_limits"]["gemm_gflops"] > 0
     for name in ("results.md", "latency_vs_gallery.png", "recall_vs_latency.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -73,3 +102,15 @@ def test_cli_small_run_writes_every_output(trained_run, tmp_path):
 def test_invalid_index_is_named():
     with pytest.raises(S2SDError, match="invalid --index annoy; choose from: flat, hnsw, ivfpq"):
         BenchConfig(indexes=["flat", "annoy"]).validate()
+
+
+def test_encoder_cost_compares_torch_and_onnxruntime(trained_run, tmp_path):
+    from s2sd_deploy.bench.encoder_cost import encoder_cost
+    from s2sd_deploy.training.run_dir import RunDir
+
+    model, _ = RunDir.open(trained_run).load_model()
+    rows = encoder_cost(model, 32, "run", tmp_path, budget_s=0.0)
+    assert [(r["batch"], r["backend"]) for r in rows] == [(1, "CPUExecutionProvider"), (32, "CPUExecutionProvider")]
+    for row in rows:
+        assert row["max_abs_diff"] < 1e-5 and row["min_cosine"] > 0.99999 and row["torch_ms_per_batch"] > 0
+        assert row["speedup"] == pytest.approx(row["torch_ms_per_batch"] / row["onnx_ms_per_batch"])

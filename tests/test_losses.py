@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2sd_deploy.config import build_train_config
-from s2sd_deploy.losses import S2SDLoss, build_criterion, build_loss, relational_kl
-from s2sd_deploy.model import ModelOutput
+from s2sd_deploy.training.config import build_train_config
+from s2sd_deploy.training.losses import S2SDLoss, build_criterion, build_loss, relational_kl
+from s2sd_deploy.training.model import ModelOutput
 
 
 def naive_relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> float:
@@ -90,11 +90,20 @@ def test_total_loss_matches_spec_formula():
     cfg = build_train_config({"criterion": "multisimilarity"})
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     output = _output(seed=3)
-    loss = S2SDLoss(lambda: build_criterion(cfg, 4), num_teachers=2, distill_weight=50.0, temperature=1.0,
-                    feature_distill=True, feature_weight=7.0, feature_delay=10)
+    loss = S2SDLoss(
+        lambda: build_criterion(cfg, 4),
+        num_teachers=2,
+        distill_weight=50.0,
+        temperature=1.0,
+        feature_distill=True,
+        feature_weight=7.0,
+        feature_delay=10,
+    )
     criterion = build_criterion(cfg, 4)
-    dml = 0.5 * (criterion(output.embeddings, labels)
-                 + (criterion(output.teacher_embeddings[0], labels) + criterion(output.teacher_embeddings[1], labels)) / 2)
+    dml = 0.5 * (
+        criterion(output.embeddings, labels)
+        + (criterion(output.teacher_embeddings[0], labels) + criterion(output.teacher_embeddings[1], labels)) / 2
+    )
     distill = sum(naive_relational_kl(output.embeddings, t, 1.0) for t in output.teacher_embeddings) / 2
     expected_before = dml.item() + 50.0 * distill
     expected_after = expected_before + 7.0 * naive_relational_kl(output.embeddings, output.features, 1.0)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s2sd_deploy.export import ExportConfig, export_run
-from s2sd_deploy.runtime import Embedder
+from s2sd_deploy.deploy.export import ExportConfig, export_run
+from s2sd_deploy.serving.embedder import Embedder
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,13 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from s2sd_deploy.config import build_train_config
+from s2sd_deploy.training.config import build_train_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "train").glob("*.toml"))
 # The paper's best S2SD variant per (dataset, criterion) at 128-d (SPEC.md).
-BEST_VARIANT = {("cub200", "margin"): "msdf", ("cub200", "multisimilarity"): "msdfa",
-                ("cars196", "margin"): "msdfa", ("cars196", "multisimilarity"): "msdfa",
-                ("sop", "margin"): "msdf", ("sop", "multisimilarity"): "msdf"}
+BEST_VARIANT = {
+    ("cub200", "margin"): "msdf",
+    ("cub200", "multisimilarity"): "msdfa",
+    ("cars196", "margin"): "msdfa",
+    ("cars196", "multisimilarity"): "msdfa",
+    ("sop", "margin"): "msdf",
+    ("sop", "multisimilarity"): "msdf",
+}
 
 
 def test_every_cell_of_the_papers_table_has_a_recipe():
@@ -32,7 +37,13 @@ def test_recipe_builds_and_matches_its_name(recipe):
     assert (cfg.dataset, cfg.embed_dim, cfg.criterion) == (dataset, int(dim), criterion)
     assert backbone == "r50" and cfg.backbone == "resnet50" and cfg.pretrained == "IMAGENET1K_V1" and cfg.freeze_bn
     assert (cfg.lr, cfg.weight_decay, cfg.teacher_weight_decay) == (1e-5, 4e-4, 0.0)
-    assert (cfg.batch_size, cfg.samples_per_class, cfg.sampler, cfg.epochs, cfg.amp) == (112, 2, "replacement", 150, False)
+    assert (cfg.batch_size, cfg.samples_per_class, cfg.sampler, cfg.epochs, cfg.amp) == (
+        112,
+        2,
+        "replacement",
+        150,
+        False,
+    )
     assert (cfg.image_size, cfg.resize_size) == (224, 256)
     if method == "baseline":
         assert cfg.s2sd is False and cfg.criterion_lr == 5e-4

@@ -14,12 +14,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s2sd_deploy.config import build_train_config
-from s2sd_deploy.data import ClassBatchSampler
-from s2sd_deploy.losses import (DistanceWeightedMargin, MultiSimilarity, S2SDLoss, SemihardTriplet, Triplets,
-                                build_criterion, build_loss)
-from s2sd_deploy.model import EmbeddingModel, ModelOutput
-from s2sd_deploy.train import build_optimizer
+from s2sd_deploy.training.config import build_train_config
+from s2sd_deploy.training.losses import (
+    DistanceWeightedMargin,
+    MultiSimilarity,
+    SemihardTriplet,
+    Triplets,
+    build_criterion,
+    build_loss,
+)
+from s2sd_deploy.training.model import EmbeddingModel, ModelOutput
+from s2sd_deploy.training.optim import build_optimizer
+from s2sd_deploy.training.sampler import ClassBatchSampler
 
 LOSS_TOLERANCE = 1e-5
 MIN_GRADIENT_COSINE = 0.99999
@@ -81,8 +87,10 @@ def loop_negative_probabilities(embeddings, labels, anchor, lower=0.5, upper=Non
 
 def loop_triplet(embeddings, triplets, margin=0.2):
     """mean over anchors of relu(|a - p|^2 - |a - n|^2 + margin)."""
-    terms = [F.relu(((embeddings[a] - embeddings[p]) ** 2).sum() - ((embeddings[a] - embeddings[n]) ** 2).sum() + margin)
-             for a, p, n in zip(triplets.anchors.tolist(), triplets.positives.tolist(), triplets.negatives.tolist())]
+    terms = [
+        F.relu(((embeddings[a] - embeddings[p]) ** 2).sum() - ((embeddings[a] - embeddings[n]) ** 2).sum() + margin)
+        for a, p, n in zip(triplets.anchors.tolist(), triplets.positives.tolist(), triplets.negatives.tolist())
+    ]
     return sum(terms) / len(terms)
 
 
@@ -100,7 +108,9 @@ def loop_relational_kl(student, teacher, temperature=1.0):
 def loop_s2sd(output, labels, criterion, feature_distill, step, delay, w=50.0, w_f=50.0, temperature=1.0):
     """L = 1/2 (L(e) + mean_k L_k(t_k)) + w mean_k KL_k [+ w_f KL_f once step >= delay]."""
     teachers = output.teacher_embeddings
-    dml = 0.5 * (criterion(output.embeddings, 0) + sum(criterion(t, k + 1) for k, t in enumerate(teachers)) / len(teachers))
+    dml = 0.5 * (
+        criterion(output.embeddings, 0) + sum(criterion(t, k + 1) for k, t in enumerate(teachers)) / len(teachers)
+    )
     distill = sum(loop_relational_kl(output.embeddings, t, temperature) for t in teachers) / len(teachers)
     total = dml + w * distill
     if feature_distill and step >= delay:
@@ -122,8 +132,10 @@ def unit_leaf(unit_rows, seed=0):
 
 
 def gradients(loss, tensors):
-    return [g if g is not None else torch.zeros_like(t) for g, t in
-            zip(torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=True), tensors)]
+    return [
+        g if g is not None else torch.zeros_like(t)
+        for g, t in zip(torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=True), tensors)
+    ]
 
 
 def assert_same_gradients(got, expected):
@@ -238,7 +250,10 @@ def test_distance_weighted_sampler_follows_the_inverse_sphere_density(dim):
         assert np.abs(empirical[anchor] - expected).max() < 0.03  # 6000 draws: standard error <= 0.0065
         same = (labels == labels[anchor]).numpy() & (np.arange(len(labels)) != anchor)
         np.testing.assert_allclose(positives[anchor][same], 1 / same.sum(), atol=0.03)  # a random positive
-        assert positives[anchor][~same].sum() == 0 and empirical[anchor][labels.numpy() == labels[anchor].item()].sum() == 0
+        assert (
+            positives[anchor][~same].sum() == 0
+            and empirical[anchor][labels.numpy() == labels[anchor].item()].sum() == 0
+        )
 
 
 def test_no_upper_cutoff_by_default_and_the_option_applies_it():
@@ -294,8 +309,10 @@ def _s2sd_output(labels, dims=(512, 1024, 1536, 2048), seed=0):
     """A model output (unit student and teacher rows, raw features) and the raw leaves behind it."""
     generator = torch.Generator().manual_seed(seed)
     raw_student, embeddings = unit_leaf(batch("some", labels, dim=128, seed=seed), seed)
-    teacher_leaves = [unit_leaf(F.normalize(torch.randn(len(labels), d, generator=generator), dim=1), seed + k)
-                      for k, d in enumerate(dims)]
+    teacher_leaves = [
+        unit_leaf(F.normalize(torch.randn(len(labels), d, generator=generator), dim=1), seed + k)
+        for k, d in enumerate(dims)
+    ]
     features = leaf(torch.randn(len(labels), 2048, generator=generator).relu())
     output = ModelOutput(embeddings, [unit for _, unit in teacher_leaves], features)
     return output, [raw_student, *[raw for raw, _ in teacher_leaves], features]
@@ -309,8 +326,9 @@ def test_s2sd_multisimilarity_equals_the_loop(variant, step):
     output, tensors = _s2sd_output(labels, cfg.target_dims)
     loss = build_loss(cfg, num_classes=56)
     got = loss(output, labels, step).total
-    expected = loop_s2sd(output, labels, lambda e, head: loop_multisimilarity(e, labels)[0], cfg.feature_distill,
-                         step, cfg.feature_delay)
+    expected = loop_s2sd(
+        output, labels, lambda e, head: loop_multisimilarity(e, labels)[0], cfg.feature_distill, step, cfg.feature_delay
+    )
     assert got.item() == pytest.approx(expected.item(), rel=LOSS_TOLERANCE)
     assert_same_gradients(gradients(got, tensors), gradients(expected, tensors))
 
@@ -323,11 +341,19 @@ def test_s2sd_margin_equals_the_loop_on_the_same_triplets(variant, monkeypatch):
     loss = build_loss(cfg, num_classes=56)
     sampled = []  # the triplets each head's criterion drew, in call order: student, then teachers
     original = DistanceWeightedMargin.sample
-    monkeypatch.setattr(DistanceWeightedMargin, "sample", lambda self, e, y: sampled.append(original(self, e, y)) or sampled[-1])
+    monkeypatch.setattr(
+        DistanceWeightedMargin, "sample", lambda self, e, y: sampled.append(original(self, e, y)) or sampled[-1]
+    )
     got = loss(output, labels, step=1000).total
     criteria = [loss.student_criterion, *loss.teacher_criteria]
-    expected = loop_s2sd(output, labels, lambda e, head: loop_margin(e, labels, criteria[head].beta, sampled[head]),
-                         cfg.feature_distill, 1000, cfg.feature_delay)
+    expected = loop_s2sd(
+        output,
+        labels,
+        lambda e, head: loop_margin(e, labels, criteria[head].beta, sampled[head]),
+        cfg.feature_distill,
+        1000,
+        cfg.feature_delay,
+    )
     assert got.item() == pytest.approx(expected.item(), rel=LOSS_TOLERANCE)
     tensors = [*leaves, *[c.beta for c in criteria]]
     assert_same_gradients(gradients(got, tensors), gradients(expected, tensors))
@@ -338,8 +364,9 @@ def test_pool_aggregation_feeds_teachers_avg_plus_max():
     model = EmbeddingModel(torch.nn.Conv2d(3, 6, 3), 6, 4, target_dims=[8], pool_aggregation=True).eval()
     images = torch.randn(3, 3, 7, 7)
     feature_map = model.backbone(images)
-    expected = torch.tensor([[feature_map[b, c].mean().item() + feature_map[b, c].max().item() for c in range(6)]
-                             for b in range(3)])
+    expected = torch.tensor(
+        [[feature_map[b, c].mean().item() + feature_map[b, c].max().item() for c in range(6)] for b in range(3)]
+    )
     torch.testing.assert_close(model(images).features, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -347,7 +374,9 @@ def test_loss_runs_in_fp32_under_mixed_precision():
     cfg = build_train_config({"dataset": "cub200", "data_root": "/data", "variant": "msdf", "feature_delay": 0})
     labels = paired_labels()
     full, _ = _s2sd_output(labels, cfg.target_dims)
-    half = ModelOutput(full.embeddings.bfloat16(), [t.bfloat16() for t in full.teacher_embeddings], full.features.bfloat16())
+    half = ModelOutput(
+        full.embeddings.bfloat16(), [t.bfloat16() for t in full.teacher_embeddings], full.features.bfloat16()
+    )
     loss = build_loss(cfg, 56)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what a mixed-precision forward hands the loss
         got = loss(half, labels, step=0).total
@@ -358,8 +387,16 @@ def test_loss_runs_in_fp32_under_mixed_precision():
 # --- 4. parameter groups --------------------------------------------------------------------------------
 @pytest.mark.parametrize("s2sd,criterion_lr", [(False, 5e-4), (True, 1e-5)])
 def test_optimizer_groups_follow_the_reference(s2sd, criterion_lr):
-    cfg = build_train_config({"dataset": "cub200", "data_root": "/data", "backbone": "resnet18", "criterion": "margin",
-                              "s2sd": s2sd, "target_dims": [16, 32]})
+    cfg = build_train_config(
+        {
+            "dataset": "cub200",
+            "data_root": "/data",
+            "backbone": "resnet18",
+            "criterion": "margin",
+            "s2sd": s2sd,
+            "target_dims": [16, 32],
+        }
+    )
     model = EmbeddingModel(torch.nn.Conv2d(3, 8, 3), 8, 4, target_dims=cfg.target_dims if s2sd else [])
     loss = build_loss(cfg, num_classes=5)
     groups = {g["name"]: g for g in build_optimizer(cfg, model, loss).param_groups}
@@ -373,7 +410,9 @@ def test_optimizer_groups_follow_the_reference(s2sd, criterion_lr):
         assert (groups["teachers"]["lr"], groups["teachers"]["weight_decay"]) == (1e-5, 0.0)
     else:
         assert "teachers" not in groups
-    explicit = build_train_config({"s2sd": s2sd, "criterion": "margin", "criterion_lr": 3e-3, "teacher_weight_decay": 1e-4})
+    explicit = build_train_config(
+        {"s2sd": s2sd, "criterion": "margin", "criterion_lr": 3e-3, "teacher_weight_decay": 1e-4}
+    )
     assert (explicit.criterion_lr, explicit.teacher_weight_decay) == (3e-3, 1e-4)
 
 

@@ -8,11 +8,9 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from s2sd_deploy.cli import _register_commands, app
+from s2sd_deploy.cli import app
 from s2sd_deploy.errors import S2SDError
-from s2sd_deploy.report import comparison_table, config_differences, load_rows
-
-_register_commands()
+from s2sd_deploy.training.report import comparison_table, config_differences, load_rows
 
 
 @pytest.fixture
@@ -37,7 +35,9 @@ def test_differences_and_metrics(two_runs):
 
 
 def test_cli_writes_markdown_and_plot(two_runs, tmp_path):
-    result = CliRunner().invoke(app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")])
+    result = CliRunner().invoke(
+        app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
+    )
     assert result.exit_code == 0, result.output
     assert "| run | distill_weight | seed |" in (tmp_path / "r.md").read_text()
     assert (tmp_path / "r.png").stat().st_size > 0 and "runs compared" in result.output

@@ -9,11 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from s2sd_deploy.data import eval_transform, load_splits
+from s2sd_deploy.deploy.export import ExportConfig, export_run
 from s2sd_deploy.errors import S2SDError
-from s2sd_deploy.export import ExportConfig, export_run
-from s2sd_deploy.rundir import load_trained_model
-from s2sd_deploy.runtime import Embedder, shard_of
+from s2sd_deploy.serving.embedder import Embedder
+from s2sd_deploy.serving.images import shard_of
+from s2sd_deploy.training.datasets import load_splits
+from s2sd_deploy.training.loading import eval_transform
+from s2sd_deploy.training.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +32,26 @@ def embedder(model_path):
 
 def _odd_images():
     rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((41, 29), (20, 64), (36, 36), (8, 8))]
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((41, 29), (20, 64), (36, 36), (8, 8))
+    ]
 
 
 def test_preprocessing_equals_torchvision_eval_transform(embedder, trained_run):
-    _, run, _ = load_trained_model(trained_run)
-    transform = eval_transform(run.config)
+    transform = eval_transform(RunDir.open(trained_run).config.preprocessing())
     for image in _odd_images():
         np.testing.assert_array_equal(embedder.preprocess(image), transform(image).numpy())
 
 
 def test_embeddings_match_pytorch_on_test_images(embedder, trained_run):
-    model, run, _ = load_trained_model(trained_run)
+    run = RunDir.open(trained_run)
+    model, _ = run.load_model()
     _, test = load_splits("digits")
     images = test.sources[:20]
     with torch.no_grad():
-        expected = model.embed(torch.stack([eval_transform(run.config)(i.convert("RGB")) for i in images])).numpy()
+        transform = eval_transform(run.config.preprocessing())
+        expected = model.deployed()(torch.stack([transform(i.convert("RGB")) for i in images])).numpy()
     got = embedder.embed(images)
     assert got.shape == (20, 16) and got.dtype == np.float32
     assert np.abs(got - expected).max() <= 1e-5
@@ -69,13 +75,16 @@ def test_all_input_kinds_agree(embedder, tmp_path):
 
 def test_batching_does_not_change_results(model_path):
     images = _odd_images() * 3
-    np.testing.assert_allclose(Embedder(model_path, batch_size=5).embed(images),
-                               Embedder(model_path, batch_size=64).embed(images), atol=1e-6)
+    np.testing.assert_allclose(
+        Embedder(model_path, batch_size=5).embed(images), Embedder(model_path, batch_size=64).embed(images), atol=1e-6
+    )
 
 
 def test_eight_threads_get_single_threaded_results(embedder):
     rng = np.random.default_rng(1)
-    batches = [[Image.fromarray(rng.integers(0, 256, (30 + k, 40, 3), dtype=np.uint8)) for _ in range(3)] for k in range(16)]
+    batches = [
+        [Image.fromarray(rng.integers(0, 256, (30 + k, 40, 3), dtype=np.uint8)) for _ in range(3)] for k in range(16)
+    ]
     expected = [embedder.embed(b) for b in batches]
     results: dict[int, np.ndarray] = {}
 
@@ -98,11 +107,14 @@ def test_provider_is_reported(embedder):
         Embedder(embedder.path, providers=["NoSuchExecutionProvider"])
 
 
-@pytest.mark.parametrize("bad,message", [
-    (np.zeros((2, 3, 31, 31), np.float32), "shape \\(2, 3, 31, 31\\) and dtype float32"),
-    (np.zeros((10, 10, 3), np.float64), "dtype float64"),
-    (np.zeros((10, 10), np.uint8), "expected uint8 RGB images"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.zeros((2, 3, 31, 31), np.float32), "shape \\(2, 3, 31, 31\\) and dtype float32"),
+        (np.zeros((10, 10, 3), np.float64), "dtype float64"),
+        (np.zeros((10, 10), np.uint8), "expected uint8 RGB images"),
+    ],
+)
 def test_wrong_arrays_are_named(embedder, bad, message):
     with pytest.raises(S2SDError, match=message):
         embedder.embed(bad)
@@ -123,9 +135,12 @@ def test_files_that_are_not_s2sd_models(tmp_path, trained_run):
     import onnx
     from onnx import helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
     with pytest.raises(S2SDError, match="not an s2sd model"):
         Embedder(tmp_path / "plain.onnx")
@@ -142,8 +157,8 @@ def test_shards_concatenate_to_the_whole():
 
 
 def test_gpu_machine_running_on_cpu_gets_a_warning(model_path, monkeypatch, caplog):
-    monkeypatch.setattr("s2sd_deploy.runtime._gpu_visible", lambda: True)
-    with caplog.at_level("WARNING", logger="s2sd_deploy.runtime"):
+    monkeypatch.setattr("s2sd_deploy.serving.embedder.nvidia_gpu_visible", lambda: True)
+    with caplog.at_level("WARNING", logger="s2sd_deploy.serving.embedder"):
         embedder = Embedder(model_path)
     assert embedder.provider == "CPUExecutionProvider"
     assert "GPU is visible but onnxruntime runs on the CPU" in caplog.text and "onnxruntime-gpu" in caplog.text

@@ -16,27 +16,62 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from s2sd_deploy.config import build_train_config
 from s2sd_deploy.errors import TrainingDiverged
-from s2sd_deploy.losses import S2SDLoss
-from s2sd_deploy.train import Trainer, train
+from s2sd_deploy.training.config import build_train_config
+from s2sd_deploy.training.losses import S2SDLoss
+from s2sd_deploy.training.run_dir import RunDir
+from s2sd_deploy.training.trainer import Trainer, resume, train
 
 # Small enough for seconds per epoch on one core: 16 px digits, 10 images per class and batch.
-FAST = ["--image-size", "16", "--resize-size", "18", "--batch-size", "20", "--samples-per-class", "4",
-        "--target-dims", "32,64", "--embed-dim", "8", "--feature-delay", "5"]
-FAST_DICT = dict(image_size=16, resize_size=18, batch_size=20, samples_per_class=4, target_dims=[32, 64],
-                 embed_dim=8, feature_delay=5)
+FAST = [
+    "--image-size",
+    "16",
+    "--resize-size",
+    "18",
+    "--batch-size",
+    "20",
+    "--samples-per-class",
+    "4",
+    "--target-dims",
+    "32,64",
+    "--embed-dim",
+    "8",
+    "--feature-delay",
+    "5",
+]
+FAST_DICT = dict(
+    image_size=16,
+    resize_size=18,
+    batch_size=20,
+    samples_per_class=4,
+    target_dims=[32, 64],
+    embed_dim=8,
+    feature_delay=5,
+)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def s2sd(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "s2sd_deploy.cli", *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "s2sd_deploy.cli", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_run_directory_contents(trained_run):
     names = {p.name for p in trained_run.iterdir()}
-    assert {"config.json", "best.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "curves.png"} <= names
+    assert {
+        "config.json",
+        "best.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     meta = json.loads((trained_run / "config.json").read_text())
     assert meta["config"]["target_dims"] == [64, 128] and len(meta["dataset_fingerprint"]) == 16
@@ -86,9 +121,27 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 def test_torchrun_two_cpu_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "s2sd_deploy.cli", "train",
-         *FAST, "--epochs", "1", "--out-dir", str(tmp_path), "--run-name", "ddp"],
-        env=ENV, capture_output=True, text=True, timeout=300,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "s2sd_deploy.cli",
+            "train",
+            *FAST,
+            "--epochs",
+            "1",
+            "--out-dir",
+            str(tmp_path),
+            "--run-name",
+            "ddp",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
@@ -99,7 +152,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
 
 def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = build_train_config({**FAST_DICT, "epochs": 3, "out_dir": str(tmp_path), "run_name": "nan"})
-    trainer = Trainer(cfg, tmp_path / "nan")
+    trainer = Trainer(cfg, RunDir(tmp_path / "nan"))
     steps_per_epoch = len(trainer.sampler)
     poison_step = steps_per_epoch + 2  # third batch of epoch 2
     original = S2SDLoss.forward
@@ -133,7 +186,9 @@ def test_cli_bad_option_is_one_line(tmp_path):
     process = s2sd("train", "--criterion", "arcface", "--out-dir", str(tmp_path))
     out, err = process.communicate(timeout=120)
     assert process.returncode == 2
-    assert err.strip().splitlines() == ["error: invalid --criterion 'arcface'; choose one of: multisimilarity, margin, triplet"]
+    assert err.strip().splitlines() == [
+        "error: invalid --criterion 'arcface'; choose one of: multisimilarity, margin, triplet"
+    ]
 
 
 def test_existing_run_is_not_overwritten(trained_run):
@@ -151,8 +206,17 @@ def test_missing_cuda_is_refused_in_one_line(tmp_path):
 
 
 def test_validation_run_ships_the_best_validation_epoch_and_tests_it_once(tmp_path):
-    cfg = build_train_config({**FAST_DICT, "epochs": 2, "validation_classes": 2, "batch_size": 12,
-                              "samples_per_class": 4, "out_dir": str(tmp_path), "run_name": "val"})
+    cfg = build_train_config(
+        {
+            **FAST_DICT,
+            "epochs": 2,
+            "validation_classes": 2,
+            "batch_size": 12,
+            "samples_per_class": 4,
+            "out_dir": str(tmp_path),
+            "run_name": "val",
+        }
+    )
     summary = train(cfg)
     assert summary["evaluated_on"] == "validation" and "best_test_epoch_paper_protocol" not in summary
     best = summary["best_validation_epoch"]
@@ -168,4 +232,18 @@ def test_amp_on_a_cpu_is_refused_in_one_line(tmp_path):
     process = s2sd("train", "--amp", "--device", "cpu", "--out-dir", str(tmp_path))
     _, err = process.communicate(timeout=120)
     assert process.returncode == 3 and err.strip().splitlines() == [
-        "error: --amp needs a CUDA GPU (mixed precision runs on the GPU only); this run is on cpu: drop --amp"]
+        "error: --amp needs a CUDA GPU (mixed precision runs on the GPU only); this run is on cpu: drop --amp"
+    ]
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path):
+    cfg = build_train_config({**FAST_DICT, "epochs": 1, "out_dir": str(tmp_path), "run_name": "short"})
+    train(cfg)
+    summary = resume(tmp_path / "short", epochs=2)
+    assert summary["epochs"] == 2 and summary["shipped"]["epoch"] == 2
+    config = json.loads((tmp_path / "short" / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["config_hash"] == RunDir(tmp_path / "short").config.hash()
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "short" / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]

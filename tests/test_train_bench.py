@@ -2,7 +2,7 @@
 
 import pytest
 
-from s2sd_deploy.train_bench import OverheadConfig, objective_overhead, step_overhead
+from s2sd_deploy.bench.overhead import OverheadConfig, objective_overhead, step_overhead
 
 
 @pytest.mark.parametrize("criterion", ["multisimilarity", "margin", "triplet"])
@@ -14,7 +14,8 @@ def test_objective_against_its_floor_on_tiny_sizes(criterion):
 
 
 def test_step_overhead_on_tiny_sizes():
-    cfg = OverheadConfig(batch=8, embed_dim=4, feature_dim=16, target_dims=[8, 16], backbone="resnet18",
-                         image_size=32, step_repeats=1)
+    cfg = OverheadConfig(
+        batch=8, embed_dim=4, feature_dim=16, target_dims=[8, 16], backbone="resnet18", image_size=32, step_repeats=1
+    )
     step = step_overhead(cfg)
     assert step["plain_s"] > 0 and step["s2sd_s"] > 0 and step["overhead"] == step["s2sd_s"] / step["plain_s"] - 1

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from s2sd_deploy.deploy.tensorrt import TensorRTUnavailable, build_engine, load_tensorrt
 from s2sd_deploy.errors import S2SDError
-from s2sd_deploy.trt import TensorRTUnavailable, build_engine, load_tensorrt
 
 from .fake_tensorrt import make_fake_tensorrt
 
@@ -22,8 +22,9 @@ def onnx_file(tmp_path):
 def test_profile_workspace_and_timing_cache(onnx_file, tmp_path):
     trt = make_fake_tensorrt(10)
     (tmp_path / "timing.cache").write_bytes(b"old")
-    sidecar = build_engine(onnx_file, tmp_path / "model.engine", 1, 16, 64, "fp32", 512,
-                           timing_cache=tmp_path / "timing.cache", trt=trt)
+    sidecar = build_engine(
+        onnx_file, tmp_path / "model.engine", 1, 16, 64, "fp32", 512, timing_cache=tmp_path / "timing.cache", trt=trt
+    )
     assert trt.calls["profile"]["images"] == ((1, 3, 32, 32), (16, 3, 32, 32), (64, 3, 32, 32))
     assert trt.calls["workspace"][1] == 512 * 2**20 and trt.calls["profiles_added"] == 1
     assert trt.calls["timing_cache_in"] == b"old" and (tmp_path / "timing.cache").read_bytes() == b"cache:old"
@@ -40,7 +41,7 @@ def test_fp16_on_10x_uses_the_builder_flag(onnx_file, tmp_path):
 
 def test_fp16_on_11x_builds_from_a_mixed_precision_onnx(trained_run, tmp_path):
     pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is in the [gpu] extra")
-    from s2sd_deploy.export import ExportConfig, export_run
+    from s2sd_deploy.deploy.export import ExportConfig, export_run
 
     export_run(ExportConfig(run=str(trained_run), out=str(tmp_path), verify_limit=16))
     trt = make_fake_tensorrt(11)

@@ -1,8 +1,10 @@
 """The ``s2sd`` command line: a thin Typer layer over the library.
 
-Each command lives in its own module and calls library functions that tests call directly.
-Errors a user can fix are :class:`~s2sd_deploy.errors.S2SDError`; :func:`main` prints them as one
-line and exits with their code. Set ``S2SD_DEBUG=1`` to see the traceback instead.
+Each command lives in its own module and calls library functions that tests call directly; they are
+registered here, explicitly. Errors a user can fix are :class:`~s2sd_deploy.errors.S2SDError`: :func:`main`
+prints them as one line and exits with their code (2 for usage errors, 3 for a missing GPU or package, 130
+after Ctrl-C). Set ``S2SD_DEBUG=1`` to see the traceback instead. Nothing heavy is imported before a
+command runs, so usage errors and ``--help`` answer at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import typer
 
 from ..errors import S2SDError
+from . import bench, embed, export, report, train
 
 app = typer.Typer(
     name="s2sd",
@@ -29,15 +32,8 @@ def _root() -> None:
     """Train S2SD embedding models, export the low-dimensional student, measure what it costs."""
 
 
-def _register_commands() -> None:
-    from . import train  # noqa: F401  (each module adds its command to `app`)
-
-    for name in ("export", "embed", "bench", "report"):
-        try:
-            __import__(f"{__name__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__name__}.{name}":
-                raise
+for module in (train, export, embed, bench, report):
+    module.register(app)
 
 
 def one_line(error: BaseException) -> str:
@@ -52,25 +48,14 @@ def one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("s2sd_deploy").setLevel(logging.INFO)
-    _register_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="s2sd")  # Typer prints usage errors with the usage line and exits 2
     except S2SDError as error:
         if os.environ.get("S2SD_DEBUG"):
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as error:  # click's usage errors and the like
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Exit):
-            sys.exit(error.exit_code)
-        if isinstance(error, click.exceptions.Abort):
-            sys.exit(1)
+    except SystemExit as exit_:
+        if exit_.code == 130:  # Ctrl-C outside a command that explains where to resume
+            print("interrupted", file=sys.stderr)
         raise

@@ -9,42 +9,54 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 from .options import int_list
 
 
-@app.command(
-    "bench-latency",
-    help="Measure what retrieval costs with low- vs high-dimensional embeddings, what each dimension buys, "
-    "and what the encoder costs per backend.\n\n"
-    "The cost part runs on synthetic unit-norm vectors; the accuracy part on --run (default: the newest run "
-    "under runs/). With no arguments it finishes within about 3 minutes on 2 cores.\n\n"
-    "Examples:\n\n"
-    "  s2sd bench-latency\n\n"
-    "  s2sd bench-latency --run runs/RUN --out bench/results/latency-digits\n\n"
-    "  s2sd bench-latency --dims 128,2048 --gallery-sizes 100000 --query-batch 1,64 --index flat,hnsw,ivfpq --large",
-)
 def bench_latency(
-    run: Annotated[Optional[Path], typer.Option(help="Run directory for the accuracy and encoder parts. [default: newest under runs/]", show_default=False)] = None,
-    model: Annotated[Optional[Path], typer.Option(help="Exported model.onnx (its run is used for accuracy when --run is not given).", show_default=False)] = None,
-    dims: Annotated[Optional[str], typer.Option(help="Embedding dimensions, comma-separated. [default: the student's d, 512, 1024, 2048]", show_default=False)] = None,
+    run: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Run directory for the accuracy and encoder parts. [default: newest under runs/]", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Exported model.onnx (its run is used for accuracy when --run is not given).", show_default=False
+        ),
+    ] = None,
+    dims: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Embedding dimensions, comma-separated. [default: the student's d, 512, 1024, 2048]",
+            show_default=False,
+        ),
+    ] = None,
     gallery_sizes: Annotated[str, typer.Option(help="Gallery sizes, comma-separated.")] = "10000,100000",
     large: Annotated[bool, typer.Option("--large", help="Add a gallery of 1e6 vectors.")] = False,
     query_batch: Annotated[str, typer.Option(help="Query batch sizes, comma-separated.")] = "1,64",
     index: Annotated[str, typer.Option(help="flat (exact) and approximate indexes: hnsw, ivfpq.")] = "flat,ivfpq",
     device: Annotated[str, typer.Option(help="cpu, or gpu (faiss-gpu and CUDA).")] = "cpu",
-    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and the plots.")] = Path("bench-latency"),
+    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and the plots.")] = Path(
+        "bench-latency"
+    ),
     max_seconds: Annotated[float, typer.Option(help="Time budget; later measurements are skipped and noted.")] = 170.0,
     no_encoder: Annotated[bool, typer.Option("--no-encoder", help="Skip the encoder-cost part.")] = False,
 ) -> None:
-    from ..latency import BenchConfig, run_benchmark
-    from ..latency_report import print_headline, write_results
+    from ..bench.latency import BenchConfig, run_benchmark
+    from ..bench.latency_report import print_headline, write_results
 
     cfg = BenchConfig(
-        run=str(run) if run else _run_of_model(model), model=str(model) if model else None,
-        dims=int_list(dims, "--dims"), gallery_sizes=int_list(gallery_sizes, "--gallery-sizes"), large=large,
-        query_batches=int_list(query_batch, "--query-batch"), indexes=[i for i in index.split(",") if i],
-        device=device, out=str(out), max_seconds=max_seconds, encoder=not no_encoder,
+        run=str(run) if run else _run_of_model(model),
+        dims=int_list(dims, "--dims"),
+        gallery_sizes=int_list(gallery_sizes, "--gallery-sizes"),
+        large=large,
+        query_batches=int_list(query_batch, "--query-batch"),
+        indexes=[i for i in index.split(",") if i],
+        device=device,
+        out=str(out),
+        max_seconds=max_seconds,
+        encoder=not no_encoder,
     )
     results = run_benchmark(cfg, progress=lambda message: typer.echo(message, err=True))
     results["command"] = "s2sd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -60,3 +72,18 @@ def _run_of_model(model: Path | None) -> str | None:
     if model and (model.parent.parent / "config.json").is_file():
         return str(model.parent.parent)
     return None
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "bench-latency",
+        help="Measure what retrieval costs with low- vs high-dimensional embeddings, what each dimension buys, "
+        "and what the encoder costs per backend.\n\n"
+        "The cost part runs on synthetic unit-norm vectors; the accuracy part on --run (default: the newest run "
+        "under runs/). With no arguments it finishes within about 3 minutes on 2 cores.\n\n"
+        "Examples:\n\n"
+        "  s2sd bench-latency\n\n"
+        "  s2sd bench-latency --run runs/RUN --out bench/results/latency-digits\n\n"
+        "  s2sd bench-latency --dims 128,2048 --gallery-sizes 100000 --query-batch 1,64 --index "
+        "flat,hnsw,ivfpq --large",
+    )(bench_latency)

@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 import typer
 from tqdm.auto import tqdm
 
-from . import app
 from ..errors import S2SDError
 
 
@@ -23,26 +22,29 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-@app.command(
-    help="Embed image files and folders with an exported model; write the embeddings with their paths (.npz).\n\n"
-    "Folders are searched recursively; files are sorted so every machine sees the same order. --shard K/N embeds "
-    "the K-th of N contiguous slices (K from 1), so N cluster jobs split a collection and their outputs, "
-    "concatenated in K order, equal the single-machine result.\n\n"
-    "Examples:\n\n"
-    "  s2sd embed photos/ --model runs/RUN/export/model.onnx --out photos.npz\n\n"
-    "  s2sd embed /data/catalog --model model.onnx --out part-$SLURM_ARRAY_TASK_ID.npz --shard $SLURM_ARRAY_TASK_ID/64",
-)
 def embed(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
     model: Annotated[Path, typer.Option(help="Exported model.onnx (from `s2sd export`).")],
     out: Annotated[Path, typer.Option(help="Output .npz: `embeddings` (N, d) float32, `paths` (N,), `run_id`.")],
-    shard: Annotated[Optional[str], typer.Option(help="K/N: embed only the K-th of N slices.", show_default=False)] = None,
+    shard: Annotated[
+        Optional[str], typer.Option(help="K/N: embed only the K-th of N slices.", show_default=False)
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
     workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
-    threads: Annotated[Optional[int], typer.Option(help="onnxruntime intra-op threads. [default: onnxruntime's]", show_default=False)] = None,
-    provider: Annotated[Optional[list[str]], typer.Option(help="Execution provider(s) in order, e.g. CPUExecutionProvider. [default: TensorRT, CUDA, CPU as available]", show_default=False)] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="onnxruntime intra-op threads. [default: onnxruntime's]", show_default=False)
+    ] = None,
+    provider: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="Execution provider(s) in order, e.g. CPUExecutionProvider. [default: TensorRT, CUDA, CPU as "
+            "available]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    from ..runtime import Embedder, embed_files, list_images, save_embeddings, shard_of
+    from ..serving.embedder import Embedder, embed_files, save_embeddings
+    from ..serving.images import list_images, shard_of
 
     embedder = Embedder(model, providers=provider, threads=threads, batch_size=batch_size)
     paths = shard_of(list_images(inputs), parse_shard(shard))
@@ -52,4 +54,20 @@ def embed(
     seconds = time.perf_counter() - started
     save_embeddings(out, embeddings, paths, embedder.metadata)
     rate = len(paths) / seconds if seconds > 0 else float("nan")
-    typer.echo(f"embedded {len(paths)} images ({embedder.dim}-d) on {embedder.provider} at {rate:.1f} images/s -> {out}")
+    typer.echo(
+        f"embedded {len(paths)} images ({embedder.dim}-d) on {embedder.provider} at {rate:.1f} images/s -> {out}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        help="Embed image files and folders with an exported model; write the embeddings with their paths (.npz).\n\n"
+        "Folders are searched recursively; files are sorted so every machine sees the same order. --shard K/N embeds "
+        "the K-th of N contiguous slices (K from 1), so N cluster jobs split a collection and their outputs, "
+        "concatenated in K order, equal the single-machine result.\n\n"
+        "Examples:\n\n"
+        "  s2sd embed photos/ --model runs/RUN/export/model.onnx --out "
+        "photos.npz\n\n"
+        "  s2sd embed /data/catalog --model model.onnx --out part-$SLURM_ARRAY_TASK_ID.npz --shard "
+        "$SLURM_ARRAY_TASK_ID/64",
+    )(embed)

@@ -7,45 +7,86 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 
-
-@app.command(
-    help="Export a run's student (no teachers) to ONNX, verify it against PyTorch, optionally build a TensorRT engine.\n\n"
-    "Writes model.onnx, export_report.json (parity figures) and, with --engine trt on an NVIDIA GPU, model.engine "
-    "with a JSON sidecar. Without TensorRT or a GPU the verified ONNX is still written and the command exits 3.\n\n"
-    "Examples:\n\n"
-    "  s2sd export runs/digits-msdfa-20261124-101500\n\n"
-    "  s2sd export RUN --engine trt --precision fp16 --batch-opt 64 --batch-max 256\n\n"
-    "  s2sd export RUN --with-teacher --triton --out deploy/",
-)
 def export(
     run: Annotated[Path, typer.Argument(help="Run directory written by `s2sd train`.")],
-    engine: Annotated[str, typer.Option(help="onnx, or trt to also build a TensorRT engine (NVIDIA GPU + tensorrt).")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option(help="Output folder. [default: RUN/export]", show_default=False)] = None,
-    checkpoint: Annotated[str, typer.Option(help="shipped (chosen by training without the test classes: the best validation epoch with --validation-classes, else the last), best, last, or a checkpoint file of the run.")] = "shipped",
+    engine: Annotated[
+        str, typer.Option(help="onnx, or trt to also build a TensorRT engine (NVIDIA GPU + tensorrt).")
+    ] = "onnx",
+    out: Annotated[
+        Optional[Path], typer.Option(help="Output folder. [default: RUN/export]", show_default=False)
+    ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="shipped (chosen by training without the test classes: the best validation epoch with "
+            "--validation-classes, else the last), best, last, or a checkpoint file of the run."
+        ),
+    ] = "shipped",
     opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
     batch_min: Annotated[int, typer.Option(help="TensorRT profile: smallest batch.")] = 1,
     batch_opt: Annotated[int, typer.Option(help="TensorRT profile: batch the engine is tuned for.")] = 32,
-    batch_max: Annotated[int, typer.Option(help="TensorRT profile: largest batch (also Triton's max_batch_size).")] = 128,
+    batch_max: Annotated[
+        int, typer.Option(help="TensorRT profile: largest batch (also Triton's max_batch_size).")
+    ] = 128,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (TensorRT engine; the ONNX stays fp32).")] = "fp32",
     workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit in MiB.")] = 2048,
-    with_teacher: Annotated[bool, typer.Option("--with-teacher", help="Also export the largest teacher as output `teacher_embeddings`, for re-ranking.")] = False,
-    triton: Annotated[bool, typer.Option("--triton", help="Also write a Triton Inference Server model repository (OUT/triton).")] = False,
-    verify_limit: Annotated[Optional[int], typer.Option(help="Verify on the first N test images only. [default: the whole test split]", show_default=False)] = None,
+    with_teacher: Annotated[
+        bool,
+        typer.Option(
+            "--with-teacher", help="Also export the largest teacher as output `teacher_embeddings`, for re-ranking."
+        ),
+    ] = False,
+    triton: Annotated[
+        bool, typer.Option("--triton", help="Also write a Triton Inference Server model repository (OUT/triton).")
+    ] = False,
+    verify_limit: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Verify on the first N test images only. [default: the whole test split]", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    from ..export import ExportConfig, export_run
+    from ..deploy.export import ExportConfig, export_run
 
-    cfg = ExportConfig(str(run), engine, str(out) if out else None, checkpoint, opset, batch_min, batch_opt,
-                       batch_max, precision, with_teacher, triton, workspace_mb, verify_limit)
+    cfg = ExportConfig(
+        run=str(run),
+        engine=engine,
+        out=str(out) if out else None,
+        checkpoint=checkpoint,
+        opset=opset,
+        batch_min=batch_min,
+        batch_opt=batch_opt,
+        batch_max=batch_max,
+        precision=precision,
+        with_teacher=with_teacher,
+        triton=triton,
+        workspace_mb=workspace_mb,
+        verify_limit=verify_limit,
+    )
     report = export_run(cfg)
     selection = report["checkpoint"]
     typer.echo(f"exported {selection['checkpoint']} (epoch {selection.get('epoch')}): {selection['rule']}")
     for name, figures in report["parity"].items():
-        typer.echo(f"{name}: max |diff| {figures['max_abs_diff']:.2e}, min cosine {figures['min_cosine']:.7f}, "
-                   f"Recall@1 torch {figures['recall@1_torch']:.4f} = onnxruntime {figures['recall@1_onnxruntime']:.4f} "
-                   f"on {figures['images']} test images")
+        typer.echo(
+            f"{name}: max |diff| {figures['max_abs_diff']:.2e}, min cosine {figures['min_cosine']:.7f}, "
+            f"Recall@1 torch {figures['recall@1_torch']:.4f} = onnxruntime {figures['recall@1_onnxruntime']:.4f} "
+            f"on {figures['images']} test images"
+        )
     typer.echo(f"wrote {report['onnx']} ({report['onnx_bytes'] / 2**20:.1f} MiB)")
     for key in ("triton", "tensorrt"):
         if key in report:
             typer.echo(f"wrote {report[key] if key == 'triton' else report[key]['engine']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        help="Export a run's student (no teachers) to ONNX, verify it against PyTorch, optionally build a "
+        "TensorRT engine.\n\n"
+        "Writes model.onnx, export_report.json (parity figures) and, with --engine trt on an NVIDIA GPU, model.engine "
+        "with a JSON sidecar. Without TensorRT or a GPU the verified ONNX is still written and the command exits 3.\n\n"
+        "Examples:\n\n"
+        "  s2sd export runs/digits-msdfa-20261124-101500\n\n"
+        "  s2sd export RUN --engine trt --precision fp16 --batch-opt 64 --batch-max 256\n\n"
+        "  s2sd export RUN --with-teacher --triton --out deploy/",
+    )(export)

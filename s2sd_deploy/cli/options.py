@@ -13,4 +13,3 @@ def int_list(value: str | None, option: str) -> list[int] | None:
         return [int(part) for part in value.replace(" ", "").split(",") if part]
     except ValueError:
         raise S2SDError(f"{option} takes comma-separated whole numbers, e.g. 512,1024; got {value!r}") from None
-

@@ -7,31 +7,28 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app
 
-
-@app.command(
-    help="Compare runs: the configuration values that differ between them, and their test metrics.\n\n"
-    "Examples:\n\n"
-    "  s2sd report runs/digits-msdfa-* runs/digits-baseline-*\n\n"
-    "  s2sd report runs/* --markdown report.md --plot report.png",
-)
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories written by `s2sd train`.")],
-    markdown: Annotated[Optional[Path], typer.Option(help="Also write the table as Markdown to this file.", show_default=False)] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Also write a bar plot of the final metrics (PNG).", show_default=False)] = None,
+    markdown: Annotated[
+        Optional[Path], typer.Option(help="Also write the table as Markdown to this file.", show_default=False)
+    ] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Also write a bar plot of the final metrics (PNG).", show_default=False)
+    ] = None,
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..report import comparison_table, load_rows, write_report
+    from ..tables import print_table
+    from ..training.report import comparison_table, load_rows, write_report
 
     rows = load_rows(runs)
     write_report(rows, markdown, plot)
-    header, cells = comparison_table(rows)
-    table = Table(title="runs compared (final-epoch test metrics)")
-    for column in header:
-        table.add_column(column)
-    for row in cells:
-        table.add_row(*row)
-    Console().print(table)
+    print_table("runs compared (final-epoch metrics)", *comparison_table(rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        help="Compare runs: the configuration values that differ between them, and their test metrics.\n\n"
+        "Examples:\n\n"
+        "  s2sd report runs/digits-msdfa-* runs/digits-baseline-*\n\n"
+        "  s2sd report runs/* --markdown report.md --plot report.png",
+    )(report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .checkpoint import atomic_path, write_text_atomic
+from ..atomic_files import atomic_path, write_text_atomic
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 7: "TYPE_INT64", 6: "TYPE_INT32", 2: "TYPE_UINT8"}
 
@@ -36,13 +36,16 @@ def triton_config(onnx_path: Path, name: str, max_batch_size: int) -> str:
 
     return (
         f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
-        + block("input", graph.input) + block("output", graph.output)
+        + block("input", graph.input)
+        + block("output", graph.output)
         + "dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n"
         + "instance_group [\n  {\n    count: 1\n    kind: KIND_AUTO\n  }\n]\n"
     )
 
 
-def write_triton_repository(onnx_path: Path, repository: Path, max_batch_size: int = 128, name: str = "s2sd_embedder") -> Path:
+def write_triton_repository(
+    onnx_path: Path, repository: Path, max_batch_size: int = 128, name: str = "s2sd_embedder"
+) -> Path:
     """Write ``repository/name/{config.pbtxt, 1/model.onnx}``; returns the model folder."""
     model_dir = Path(repository) / name
     (model_dir / "1").mkdir(parents=True, exist_ok=True)

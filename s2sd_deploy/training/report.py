@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import read_json, write_text_atomic
-from .plots import pyplot, save_figure
-from .errors import S2SDError
-from .rundir import read_run
+from ..atomic_files import write_text_atomic
+from ..errors import S2SDError
+from ..plots import pyplot, save_figure
+from ..tables import markdown_table
+from .run_dir import RunDir
 
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@100", "nmi", "map@r")
 
@@ -28,13 +29,17 @@ def load_rows(run_dirs: list[str | Path]) -> list[RunRow]:
         raise S2SDError("name at least one run directory")
     rows = []
     for run_dir in run_dirs:
-        run = read_run(run_dir)
-        summary_path = run.path / "summary.json"
-        if not summary_path.is_file():
-            raise S2SDError(f"{run.path} has no summary.json: the run has not finished (resume it with s2sd train --resume)")
-        summary = read_json(summary_path)
-        rows.append(RunRow(run.path.name, run.config.to_dict(), _best_of(summary), summary.get("final", {}),
-                           summary.get("wall_time_s")))
+        run = RunDir.open(run_dir)
+        summary = run.summary()
+        rows.append(
+            RunRow(
+                run.path.name,
+                run.config.to_dict(),
+                _best_of(summary),
+                summary.get("final", {}),
+                summary.get("wall_time_s"),
+            )
+        )
     return rows
 
 
@@ -56,16 +61,16 @@ def comparison_table(rows: list[RunRow]) -> tuple[list[str], list[list[str]]]:
     header = ["run", *differing, *[f"{m} (final)" for m in metrics], "best recall@1", "wall s"]
     cells = []
     for row in rows:
-        cells.append([row.name, *[str(row.config.get(k)) for k in differing],
-                      *[f"{row.final[m]:.4f}" if m in row.final else "" for m in metrics],
-                      f"{row.best.get('recall@1', float('nan')):.4f}",
-                      f"{row.wall_time_s:.0f}" if row.wall_time_s is not None else ""])
+        cells.append(
+            [
+                row.name,
+                *[str(row.config.get(k)) for k in differing],
+                *[f"{row.final[m]:.4f}" if m in row.final else "" for m in metrics],
+                f"{row.best.get('recall@1', float('nan')):.4f}",
+                f"{row.wall_time_s:.0f}" if row.wall_time_s is not None else "",
+            ]
+        )
     return header, cells
-
-
-def markdown_table(header: list[str], cells: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
 
 
 def plot_runs(rows: list[RunRow], path: Path) -> None:
@@ -79,7 +84,9 @@ def plot_runs(rows: list[RunRow], path: Path) -> None:
     width = 0.8 / max(1, len(metrics))
     for i, metric in enumerate(metrics):
         axis.bar(positions + i * width, [r.final.get(metric, 0.0) for r in rows], width, label=metric)
-    axis.set_xticks(positions + width * (len(metrics) - 1) / 2, [r.name for r in rows], rotation=30, ha="right", fontsize=8)
+    axis.set_xticks(
+        positions + width * (len(metrics) - 1) / 2, [r.name for r in rows], rotation=30, ha="right", fontsize=8
+    )
     axis.set(ylabel="final test metric", title="runs compared")
     axis.legend()
     save_figure(figure, path)
@@ -88,7 +95,7 @@ def plot_runs(rows: list[RunRow], path: Path) -> None:
 def write_report(rows: list[RunRow], markdown_path: Path | None = None, plot_path: Path | None = None) -> str:
     """The Markdown report (written when a path is given) and, optionally, the plot."""
     header, cells = comparison_table(rows)
-    text = "# Runs compared\n\n" + markdown_table(header, cells)
+    text = "# Runs compared\n\n" + markdown_table(header, cells) + "\n"
     if markdown_path:
         write_text_atomic(markdown_path, text)
     if plot_path:

@@ -1,8 +1,8 @@
-"""Datasets, zero-shot splits, transforms and the class-balanced batch sampler.
+"""Datasets and their zero-shot splits (no torch: options are checked before the slow imports).
 
 Every dataset is read into two :class:`ImageSet` splits whose classes never overlap:
 ``digits`` (scikit-learn's bundled 8x8 digits; classes 0-4 train, 5-9 test), ``cub200``,
-``cars196``, ``sop`` (the splits of SPEC.md, from their official on-disk layouts) and
+``cars196``, ``sop`` (the paper's splits, from their official on-disk layouts) and
 ``imagefolder`` (class sub-folders, the first half of the sorted classes train).
 """
 
@@ -12,20 +12,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
-from torchvision import transforms as T
 
-from .errors import S2SDError
+from ..errors import S2SDError
+from ..serving.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -43,66 +37,6 @@ class ImageSet:
     @property
     def num_classes(self) -> int:
         return int(self.labels.max()) + 1 if len(self.labels) else 0
-
-
-class LabelledImages(torch.utils.data.Dataset):
-    """Decodes an :class:`ImageSet` item and applies a transform; returns (image, label)."""
-
-    def __init__(self, images: ImageSet, transform: Callable):
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        return self.transform(open_image(self.images.sources[index])), int(self.images.labels[index])
-
-
-def open_image(source) -> Image.Image:
-    """An RGB PIL image from a path or an image; an undecodable file raises S2SDError naming it."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    try:
-        with Image.open(source) as image:
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
-        raise S2SDError(
-            f"cannot decode image {source}: {error} (pass --skip-bad-images to skip such files)"
-        ) from None
-
-
-# --- transforms ---------------------------------------------------------------------------------
-def preprocessing(cfg) -> dict:
-    """What evaluation does to an image; exported into the ONNX metadata for clients."""
-    return {
-        "image_size": cfg.image_size,
-        "resize_size": cfg.resize_size,
-        "interpolation": "bilinear",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "channel_order": "RGB",
-        "layout": "NCHW",
-        "pixel_scale": 255.0,
-    }
-
-
-def eval_transform(cfg) -> Callable:
-    """Paper: Resize(256) + CenterCrop(224) + ImageNet normalisation (sizes configurable)."""
-    return T.Compose([
-        T.Resize(cfg.resize_size, interpolation=T.InterpolationMode.BILINEAR),
-        T.CenterCrop(cfg.image_size),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-def train_transform(cfg) -> Callable:
-    """Paper: RandomResizedCrop(224) + horizontal flip + ImageNet normalisation."""
-    steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0))]
-    if cfg.hflip:
-        steps.append(T.RandomHorizontalFlip())
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 # --- datasets -----------------------------------------------------------------------------------
@@ -178,7 +112,10 @@ def load_cars196_splits(root: Path) -> tuple[ImageSet, ImageSet]:
             raise S2SDError(f"{annotations} has no annotations/relative_im_path/class fields ({error})") from None
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise S2SDError(f"{len(missing)} images listed in {annotations} are missing, e.g. {missing[0]}; expected layout: {layout}")
+            raise S2SDError(
+                f"{len(missing)} images listed in {annotations} are missing, e.g. {missing[0]}; expected "
+                f"layout: {layout}"
+            )
         return _split_by_class(paths, classes, set(range(1, 99)), root)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
     return _folder_splits(root, class_dirs, len(class_dirs) // 2, layout)
@@ -261,12 +198,16 @@ def splits_for(cfg) -> tuple[ImageSet, ImageSet]:
 def hold_out_classes(train: ImageSet, count: int) -> tuple[ImageSet, ImageSet]:
     """Split off the last ``count`` classes of a training split as a validation split."""
     if not 0 < count < train.num_classes - 1:
-        raise S2SDError(f"--validation-classes {count}: the training split has {train.num_classes} classes; "
-                        f"hold out at least 1 and leave at least 2 to train on")
+        raise S2SDError(
+            f"--validation-classes {count}: the training split has {train.num_classes} classes; "
+            f"hold out at least 1 and leave at least 2 to train on"
+        )
     first_held = train.num_classes - count
     keep, held = np.flatnonzero(train.labels < first_held), np.flatnonzero(train.labels >= first_held)
-    parts = [ImageSet([train.sources[i] for i in rows], train.labels[rows] - offset, train.root)
-             for rows, offset in ((keep, 0), (held, first_held))]
+    parts = [
+        ImageSet([train.sources[i] for i in rows], train.labels[rows] - offset, train.root)
+        for rows, offset in ((keep, 0), (held, first_held))
+    ]
     return parts[0], parts[1]
 
 
@@ -299,59 +240,3 @@ def fingerprint(train: ImageSet, test: ImageSet) -> str:
                 digest.update(str(Path(source).relative_to(split.root) if split.root else source).encode())
             digest.update(str(label).encode())
     return digest.hexdigest()[:16]
-
-
-# --- sampling -----------------------------------------------------------------------------------
-class ClassBatchSampler(torch.utils.data.Sampler):
-    """Batches of ``classes_per_batch`` class draws x ``samples_per_class`` images each.
-
-    ``replacement=True`` (the reference's sampler, the default): classes are drawn with replacement, and
-    each drawn class's images with replacement, so a class may appear more than once in a batch (56
-    draws from CUB's 100 training classes give about 43 distinct ones). ``replacement=False``: distinct
-    classes, and a class's images without replacement unless it has too few (then with replacement).
-
-    There are ``len(labels) // batch_size`` batches per epoch, drawn from a generator seeded by
-    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would. Under
-    DistributedDataParallel each rank takes every ``world_size``-th batch, all ranks as many.
-    """
-
-    def __init__(self, labels: np.ndarray, classes_per_batch: int, samples_per_class: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, replacement: bool = True):
-        labels = np.asarray(labels)
-        self.order = np.argsort(labels, kind="stable")  # images grouped by class
-        self.classes, self.starts, self.counts = np.unique(labels[self.order], return_index=True, return_counts=True)
-        if not replacement and len(self.classes) < classes_per_batch:
-            raise S2SDError(
-                f"a batch needs {classes_per_batch} distinct classes (--batch-size / --samples-per-class) but the "
-                f"training split has only {len(self.classes)}; lower --batch-size, raise --samples-per-class, "
-                f"or use --sampler replacement"
-            )
-        self.small_classes = int((self.counts < samples_per_class).sum())
-        self.classes_per_batch, self.samples_per_class, self.replacement = classes_per_batch, samples_per_class, replacement
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-        self.batches_per_rank = max(1, len(labels) // (classes_per_batch * samples_per_class) // world_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.batches_per_rank
-
-    def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
-        for batch in range(self.batches_per_rank * self.world_size):
-            indices = self._draw(rng)
-            if batch % self.world_size == self.rank:
-                yield indices.tolist()
-
-    def _draw(self, rng: np.random.Generator) -> np.ndarray:
-        if self.replacement:
-            classes = rng.integers(0, len(self.classes), self.classes_per_batch)
-            picks = rng.integers(0, self.counts[classes][:, None], (self.classes_per_batch, self.samples_per_class))
-            return self.order[self.starts[classes][:, None] + picks].ravel()
-        classes = rng.choice(len(self.classes), self.classes_per_batch, replace=False)
-        return np.concatenate([self._members(rng, c) for c in classes])
-
-    def _members(self, rng: np.random.Generator, index: int) -> np.ndarray:
-        members = self.order[self.starts[index]:self.starts[index] + self.counts[index]]
-        return rng.choice(members, self.samples_per_class, replace=len(members) < self.samples_per_class)

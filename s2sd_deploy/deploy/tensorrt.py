@@ -1,7 +1,7 @@
 """TensorRT engine builder and runner, written to the TensorRT 10.x / 11.x Python API.
 
-Verified here only against :mod:`tests.fake_tensorrt`, a stand-in of the calls below: this project's
-machines have no NVIDIA GPU and ``pip install tensorrt`` cannot succeed on them. See README.md.
+Verified on this project's machines only against ``tests/fake_tensorrt.py``, a stand-in of the calls below:
+they have no NVIDIA GPU and ``pip install tensorrt`` cannot succeed on them. See README.md.
 
 - 10.x: networks are always explicit-batch; fp16 is ``BuilderFlag.FP16`` on the fp32 network.
 - 11.x: networks are always strongly typed and ``BuilderFlag.FP16`` is gone, so fp16 means building
@@ -11,15 +11,14 @@ machines have no NVIDIA GPU and ``pip install tensorrt`` cannot succeed on them.
 from __future__ import annotations
 
 import importlib
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_path, write_json_atomic
-from .errors import S2SDError
-
-INSTALL_HINT = "on an NVIDIA machine: pip install 's2sd-deploy[gpu]' (tensorrt, onnxruntime-gpu, faiss-gpu)"
+from ..atomic_files import atomic_path, write_json_atomic
+from ..errors import S2SDError
+from ..gpu import GPU_EXTRA, nvidia_gpu_visible
+from ..metrics import parity
 
 
 class TensorRTUnavailable(Exception):
@@ -31,16 +30,12 @@ def load_tensorrt():
     try:
         trt = importlib.import_module("tensorrt")
     except ImportError:
-        raise TensorRTUnavailable(f"the tensorrt package is not installed ({INSTALL_HINT})") from None
-    if not _has_nvidia_gpu():
-        raise TensorRTUnavailable(f"no NVIDIA GPU is visible (TensorRT builds engines on the GPU it targets; {INSTALL_HINT})")
+        raise TensorRTUnavailable(f"the tensorrt package is not installed ({GPU_EXTRA})") from None
+    if not nvidia_gpu_visible():
+        raise TensorRTUnavailable(
+            f"no NVIDIA GPU is visible (TensorRT builds engines on the GPU it targets; {GPU_EXTRA})"
+        )
     return trt
-
-
-def _has_nvidia_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available() or shutil.which("nvidia-smi") is not None
 
 
 def _collecting_logger(trt):
@@ -63,9 +58,17 @@ def supports_fp16_flag(trt) -> bool:
     return hasattr(trt.BuilderFlag, "FP16")
 
 
-def build_engine(onnx_path: Path, engine_path: Path, batch_min: int, batch_opt: int, batch_max: int,
-                 precision: str = "fp32", workspace_mb: int = 2048, timing_cache: Path | None = None,
-                 trt=None) -> dict:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    batch_min: int,
+    batch_opt: int,
+    batch_max: int,
+    precision: str = "fp32",
+    workspace_mb: int = 2048,
+    timing_cache: Path | None = None,
+    trt=None,
+) -> dict:
     """Build and write a serialized engine for ``onnx_path``; returns the sidecar's contents.
 
     ``trt`` is the tensorrt module (found automatically; tests pass a stand-in).
@@ -87,17 +90,24 @@ def build_engine(onnx_path: Path, engine_path: Path, batch_min: int, batch_opt: 
     cache = _load_timing_cache(config, timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:  # the builder reports failure by returning None, with the reason in its log
-        raise S2SDError(f"TensorRT failed to build an engine from {source}: {' | '.join(logger.messages) or 'no message'}")
+        raise S2SDError(
+            f"TensorRT failed to build an engine from {source}: {' | '.join(logger.messages) or 'no message'}"
+        )
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(plan))
     if timing_cache:
         with atomic_path(timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
     sidecar = {
-        "engine": str(engine_path), "onnx": str(source), "precision": precision,
-        "profile": shapes, "workspace_mb": workspace_mb, "tensorrt_version": trt.__version__,
-        "fp16_mode": "builder flag" if precision == "fp16" and supports_fp16_flag(trt) else
-                     ("strongly typed mixed-precision ONNX" if precision == "fp16" else "none"),
+        "engine": str(engine_path),
+        "onnx": str(source),
+        "precision": precision,
+        "profile": shapes,
+        "workspace_mb": workspace_mb,
+        "tensorrt_version": trt.__version__,
+        "fp16_mode": "builder flag"
+        if precision == "fp16" and supports_fp16_flag(trt)
+        else ("strongly typed mixed-precision ONNX" if precision == "fp16" else "none"),
         "warnings": logger.messages,
     }
     write_json_atomic(engine_path.with_suffix(".json"), sidecar)
@@ -119,7 +129,7 @@ def write_mixed_precision_onnx(onnx_path: Path, out_path: Path) -> Path:
         import onnx
         from onnxconverter_common import float16
     except ImportError:
-        raise S2SDError(f"--precision fp16 with TensorRT 11 needs onnxconverter-common ({INSTALL_HINT})") from None
+        raise S2SDError(f"--precision fp16 with TensorRT 11 needs onnxconverter-common ({GPU_EXTRA})") from None
     model = float16.convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
     with atomic_path(out_path) as tmp:
         onnx.save_model(model, str(tmp))
@@ -134,7 +144,9 @@ def _add_profile(builder, network, config, batch_min: int, batch_opt: int, batch
         tensor = network.get_input(index)
         rest = tuple(tensor.shape)[1:]
         if any(d < 0 for d in rest):
-            raise S2SDError(f"input {tensor.name} has dynamic non-batch dimensions {tuple(tensor.shape)}; only the batch may vary")
+            raise S2SDError(
+                f"input {tensor.name} has dynamic non-batch dimensions {tuple(tensor.shape)}; only the batch may vary"
+            )
         triple = [(batch, *rest) for batch in (batch_min, batch_opt, batch_max)]
         profile.set_shape(tensor.name, *triple)
         shapes[tensor.name] = {"min": list(triple[0]), "opt": list(triple[1]), "max": list(triple[2])}
@@ -198,9 +210,6 @@ def check_engine(engine_path: Path, onnx_path: Path, batch: int = 8, trt=None) -
     images = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     reference = session.run(None, {session.get_inputs()[0].name: images})
     engine_out = EngineRunner(engine_path, trt)(images)
-    report = {}
-    for meta, expected in zip(session.get_outputs(), reference):
-        got = engine_out[meta.name]
-        cosine = (got * expected).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-        report[meta.name] = {"max_abs_diff": float(np.abs(got - expected).max()), "min_cosine": float(cosine.min())}
-    return report
+    return {
+        meta.name: parity(expected, engine_out[meta.name]) for meta, expected in zip(session.get_outputs(), reference)
+    }

@@ -1,6 +1,6 @@
 """Base DML criteria with the reference implementation's semantics, and the S2SD loss built on them.
 
-SPEC.md, for a batch of B samples with student embeddings e and teacher embeddings t_k:
+The paper (Roth et al., ICML 2021), for a batch of B samples with student embeddings e and teacher embeddings t_k:
 
     S = e e^T,  S_k = t_k t_k^T                                          (B, B)
     KL_k = (T^2 / B) * sum_i KL( softmax(S_k[i] / T) || softmax(S[i] / T) )   teacher detached
@@ -11,7 +11,7 @@ Criteria (each reduces like the reference, which is what the paper's numbers com
 
 - ``multisimilarity``: mined pairs, averaged over the anchors that have mined pairs. Equal to
   pytorch-metric-learning's loss and miner with an ``AvgNonZeroReducer`` (a test checks it), written here
-  because the library's took 3.4-4.7 ms per call, five calls per step (see :class:`MultiSimilarity`).
+  because the library's is several times slower, with five calls per step (see :class:`MultiSimilarity`).
 - ``margin``: one triplet per anchor, its negative drawn by distance-weighted sampling. The library's
   miner cuts distances above 1.4 (the reference does not), uses another distance and draws its
   triplets differently.
@@ -53,8 +53,8 @@ def squared_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def triplet_rows(x: torch.Tensor, triplets: Triplets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The anchor, positive and negative rows (T, D) of x, gathered in one index_select: its backward
-    (index_add) ran 2.6x faster here than indexing's (index_put), and one call costs less than three."""
+    """The anchor, positive and negative rows (T, D) of x, gathered in one index_select: on the CPU its backward
+    (index_add) is much faster than indexing's (index_put), and one call costs less than three."""
     rows = x.index_select(0, torch.cat([triplets.anchors, triplets.positives, triplets.negatives]))
     return rows.chunk(3)
 
@@ -73,8 +73,8 @@ def class_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def sample_columns(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One column per row of ``weights`` (R, B), drawn with probability proportional to the row; returns the
-    columns (R,) and which rows had any weight to draw from (R,). Inverse-CDF sampling: torch.multinomial
-    took 0.28 ms per call here, a fifth of a whole criterion."""
+    columns (R,) and which rows had any weight to draw from (R,). Inverse-CDF sampling: on the CPU
+    torch.multinomial took a fifth of a whole criterion's time."""
     cumulative = weights.cumsum(1)  # (R, B)
     total = cumulative[:, -1:]
     # Strictly below the total even after rounding, so no draw lands past the last weighted column.
@@ -102,14 +102,20 @@ class MultiSimilarity(nn.Module):
     positives where ``s_ip - margin < max_n s_in``, and ``loss_i = log(1 + sum_p exp(-a (s_ip - t))) / a +
     log(1 + sum_n exp(b (s_in - t))) / b``. The batch loss is the mean over anchors with mined pairs, 0
     (with zero gradients) when none has any. pytorch-metric-learning's MultiSimilarityLoss + miner with an
-    AvgNonZeroReducer compute the same (a test checks it), but cost 3.4-4.7 ms per call against well under
-    1 ms here; with five calls per step that alone was a third of the S2SD objective's floor.
+    AvgNonZeroReducer compute the same (a test checks it), several times slower: with five calls per step
+    that alone was a third of the S2SD objective's floor (bench/results/s2sd_overhead.md).
     """
 
-    def __init__(self, pos_weight: float = 2.0, neg_weight: float = 40.0, threshold: float = 0.5,
-                 mining_margin: float = 0.1):
+    def __init__(
+        self, pos_weight: float = 2.0, neg_weight: float = 40.0, threshold: float = 0.5, mining_margin: float = 0.1
+    ):
         super().__init__()
-        self.pos_weight, self.neg_weight, self.threshold, self.mining_margin = pos_weight, neg_weight, threshold, mining_margin
+        self.pos_weight, self.neg_weight, self.threshold, self.mining_margin = (
+            pos_weight,
+            neg_weight,
+            threshold,
+            mining_margin,
+        )
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``embeddings`` (B, D) have unit rows (the model's heads normalise), so their products are cosines."""
@@ -142,8 +148,9 @@ def triplets_from(positive_weights: torch.Tensor, negative_weights: torch.Tensor
     return Triplets(anchors, positives[anchors], negatives[anchors])
 
 
-def distance_weighted_negatives(embeddings: torch.Tensor, labels: torch.Tensor, lower_cutoff: float = 0.5,
-                                upper_cutoff: float | None = None) -> torch.Tensor:
+def distance_weighted_negatives(
+    embeddings: torch.Tensor, labels: torch.Tensor, lower_cutoff: float = 0.5, upper_cutoff: float | None = None
+) -> torch.Tensor:
     """(B, B) weights (unnormalised probabilities) of drawing column j as row i's negative: the inverse density
     of distances between points on the unit sphere of dimension d, ``dist^(2-d) (1 - dist^2/4)^(-(d-3)/2)``,
     with distances clamped below at ``lower_cutoff``; same-class entries (and, if set, distances above
@@ -167,8 +174,14 @@ class DistanceWeightedMargin(nn.Module):
     the plain sum when no term is positive; ``beta_y`` is the anchor's class beta.
     """
 
-    def __init__(self, num_classes: int, margin: float = 0.2, beta: float = 1.2, lower_cutoff: float = 0.5,
-                 upper_cutoff: float | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        margin: float = 0.2,
+        beta: float = 1.2,
+        lower_cutoff: float = 0.5,
+        upper_cutoff: float | None = None,
+    ):
         super().__init__()
         self.margin, self.lower_cutoff, self.upper_cutoff = margin, lower_cutoff, upper_cutoff
         self.beta = nn.Parameter(torch.full((num_classes,), float(beta)))
@@ -229,11 +242,13 @@ class SemihardTriplet(nn.Module):
 
 
 def build_criterion(cfg, num_classes: int) -> nn.Module:
-    """One base criterion with SPEC.md's values, taken from the config."""
+    """One base criterion with the paper's values, taken from the config."""
     if cfg.criterion == "multisimilarity":
         return MultiSimilarity(cfg.ms_pos_weight, cfg.ms_neg_weight, cfg.ms_threshold, cfg.ms_mining_margin)
     if cfg.criterion == "margin":
-        return DistanceWeightedMargin(num_classes, cfg.margin, cfg.margin_beta, cfg.dw_lower_cutoff, cfg.dw_upper_cutoff)
+        return DistanceWeightedMargin(
+            num_classes, cfg.margin, cfg.margin_beta, cfg.dw_lower_cutoff, cfg.dw_upper_cutoff
+        )
     if cfg.criterion == "triplet":
         return SemihardTriplet(cfg.margin)
     raise ValueError(cfg.criterion)  # config validation lists the valid choices
@@ -301,14 +316,14 @@ class S2SDLoss(nn.Module):
         student_loss = self.student_criterion(output.embeddings, labels)
         if not self.teacher_criteria:  # plain baseline
             return LossParts(student_loss, {"dml": student_loss.item()})
-        teacher_losses = torch.stack([
-            criterion(t, labels) for criterion, t in zip(self.teacher_criteria, output.teacher_embeddings)
-        ])
+        teacher_losses = torch.stack(
+            [criterion(t, labels) for criterion, t in zip(self.teacher_criteria, output.teacher_embeddings)]
+        )
         # Student and teacher embeddings have unit rows: the student's similarity softmax is computed once.
         student_log_probs = similarity_log_softmax(output.embeddings, self.temperature)
-        distill = torch.stack([
-            kl_to_teacher(student_log_probs, t, self.temperature) for t in output.teacher_embeddings
-        ])
+        distill = torch.stack(
+            [kl_to_teacher(student_log_probs, t, self.temperature) for t in output.teacher_embeddings]
+        )
         dml = 0.5 * (student_loss + teacher_losses.mean())
         total = dml + self.distill_weight * distill.mean()
         parts = {"dml": dml.item(), "distill": distill.mean().item()}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .errors import S2SDError
+from ..errors import S2SDError
 
 
 @dataclass
@@ -43,7 +43,9 @@ def _feature_extractor(name: str, network: nn.Module) -> nn.Module:
         return nn.Sequential(*[m for n, m in network.named_children() if n not in ("avgpool", "fc")])
     if hasattr(network, "features"):  # mobilenet, efficientnet, convnext
         return network.features
-    raise S2SDError(f"backbone {name!r} has no known feature extractor; choose one of: {', '.join(available_backbones())}")
+    raise S2SDError(
+        f"backbone {name!r} has no known feature extractor; choose one of: {', '.join(available_backbones())}"
+    )
 
 
 def build_backbone(name: str, pretrained: str | None = None, weights_file: str | None = None) -> nn.Module:
@@ -113,14 +115,50 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 class TeacherHead(nn.Sequential):
-    """``MLP_k = Linear(F, d_k) -> ReLU -> Linear(d_k, d_k)`` (SPEC.md)."""
+    """``MLP_k = Linear(F, d_k) -> ReLU -> Linear(d_k, d_k)``, as in the paper."""
 
     def __init__(self, in_features: int, dim: int):
         super().__init__(nn.Linear(in_features, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
 
 
+def pooled_features(
+    backbone: nn.Module, images: torch.Tensor, pool_aggregation: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f (B, F), average-pooled, and the teachers' input f' (f, or avg+max pooled with pool aggregation)."""
+    feature_map = backbone(images)  # (B, F, h, w)
+    pooled = feature_map.mean(dim=(2, 3))
+    return pooled, pooled + feature_map.amax(dim=(2, 3)) if pool_aggregation else pooled
+
+
+class DeployedModel(nn.Module):
+    """What ships: backbone + student head, and optionally one teacher for re-ranking; nothing else.
+
+    It holds only the parts it runs, so an export of it carries no other weights; the training model
+    builds it from its own parts (:meth:`EmbeddingModel.deployed`), so both run the same code.
+    """
+
+    def __init__(
+        self, backbone: nn.Module, student: nn.Linear, teacher: nn.Module | None = None, pool_aggregation: bool = False
+    ):
+        super().__init__()
+        self.backbone, self.student, self.teacher, self.pool_aggregation = backbone, student, teacher, pool_aggregation
+
+    def forward(self, images: torch.Tensor):
+        """Student embeddings (B, d), or (student, teacher (B, d_k)) when a teacher is attached."""
+        pooled, teacher_input = pooled_features(self.backbone, images, self.pool_aggregation)
+        embeddings = F.normalize(self.student(pooled), dim=-1)
+        if self.teacher is None:
+            return embeddings
+        return embeddings, F.normalize(self.teacher(teacher_input), dim=-1)
+
+
 class EmbeddingModel(nn.Module):
-    """Backbone + student head (+ teacher heads while training with S2SD)."""
+    """Backbone + student head (+ teacher heads while training with S2SD).
+
+    :meth:`forward` gives every head (training); :meth:`deployed` is what ships. Export wraps the
+    deployed model and evaluation embeds with it, so the reported Recall@1 and the exported model
+    come from one forward.
+    """
 
     def __init__(
         self,
@@ -148,18 +186,23 @@ class EmbeddingModel(nn.Module):
                     module.eval()
         return self
 
+    @property
+    def largest_teacher(self) -> nn.Module | None:
+        """The teacher with the most dimensions (the one exported for re-ranking), None without teachers."""
+        return max(self.teachers, key=lambda head: head[-1].out_features, default=None)
+
     def forward(self, images: torch.Tensor) -> ModelOutput:
-        feature_map = self.backbone(images)  # (B, F, h, w)
-        pooled = feature_map.mean(dim=(2, 3))  # f: (B, F)
+        pooled, teacher_input = pooled_features(self.backbone, images, self.pool_aggregation)
         embeddings = F.normalize(self.student(pooled), dim=-1)
-        teacher_input = pooled + feature_map.amax(dim=(2, 3)) if self.pool_aggregation else pooled
         teachers = [F.normalize(head(teacher_input), dim=-1) for head in self.teachers]
         return ModelOutput(embeddings, teachers, teacher_input)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """The deployed path: student embeddings only, (B, d)."""
-        pooled = self.backbone(images).mean(dim=(2, 3))
-        return F.normalize(self.student(pooled), dim=-1)
+    def deployed(self, with_teacher: bool = False) -> DeployedModel:
+        """The shipped model, sharing this model's weights: the student (and the largest teacher with_teacher)."""
+        if with_teacher and self.largest_teacher is None:
+            raise S2SDError("--with-teacher: this run has no teacher heads (it was trained with --no-s2sd)")
+        teacher = self.largest_teacher if with_teacher else None
+        return DeployedModel(self.backbone, self.student, teacher, self.pool_aggregation)
 
 
 def feature_dim_of(backbone: nn.Module) -> int:
@@ -172,14 +215,28 @@ def feature_dim_of(backbone: nn.Module) -> int:
     return dim
 
 
+def build_embedding_model(
+    backbone: str,
+    embed_dim: int,
+    target_dims: list[int] = (),
+    pool_aggregation: bool = False,
+    freeze_bn: bool = False,
+    pretrained: str | None = None,
+    weights: str | None = None,
+) -> EmbeddingModel:
+    """An :class:`EmbeddingModel` on a torchvision backbone named in its registry."""
+    network = build_backbone(backbone, pretrained, weights)
+    return EmbeddingModel(network, feature_dim_of(network), embed_dim, list(target_dims), pool_aggregation, freeze_bn)
+
+
 def build_model(cfg) -> EmbeddingModel:
-    """The model a :class:`~s2sd_deploy.config.TrainConfig` describes (teachers only with S2SD)."""
-    backbone = build_backbone(cfg.backbone, cfg.pretrained, cfg.weights)
-    return EmbeddingModel(
-        backbone,
-        feature_dim_of(backbone),
+    """The model a :class:`~s2sd_deploy.training.config.TrainConfig` describes (teachers only with S2SD)."""
+    return build_embedding_model(
+        cfg.backbone,
         cfg.embed_dim,
         target_dims=list(cfg.target_dims) if cfg.s2sd else [],
         pool_aggregation=bool(cfg.pool_aggregation) and cfg.s2sd,
         freeze_bn=bool(cfg.freeze_bn),
+        pretrained=cfg.pretrained,
+        weights=cfg.weights,
     )

@@ -1,0 +1,1 @@
+"""Benchmarks: retrieval cost, encoder cost, what S2SD adds to training, and the ablation."""

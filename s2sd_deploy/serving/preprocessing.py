@@ -1,0 +1,84 @@
+"""The one definition of evaluation's preprocessing, shared by training, export metadata and serving.
+
+Resize the shorter side to ``resize_size`` (PIL's filter named by ``interpolation``), centre-crop
+``image_size``, scale to [0, 1], normalise by ``mean`` / ``std``, HWC -> CHW. Training's eval transform
+builds the same steps with torchvision from this object (a test checks they agree pixel for pixel), export
+writes it into the ONNX metadata, and :class:`Preprocessing` runs it with PIL and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from ..errors import S2SDError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # names shared by PIL and torchvision
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What evaluation does to an image before the network."""
+
+    image_size: int
+    resize_size: int
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = field(default=IMAGENET_MEAN)
+    std: tuple[float, ...] = field(default=IMAGENET_STD)
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise S2SDError(
+                f"unsupported interpolation {self.interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}"
+            )
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ONNX metadata entries that describe this preprocessing (all strings)."""
+        return {
+            "image_size": str(self.image_size),
+            "resize_size": str(self.resize_size),
+            "interpolation": self.interpolation,
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "channel_order": "RGB",
+            "layout": "NCHW",
+            "pixel_scale": "255.0",
+        }
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str]) -> Preprocessing:
+        if metadata.get("channel_order", "RGB") != "RGB" or metadata.get("layout", "NCHW") != "NCHW":
+            raise S2SDError(
+                f"unsupported preprocessing in model metadata: {metadata.get('channel_order')}, "
+                f"{metadata.get('layout')}"
+            )
+        return cls(
+            int(metadata["image_size"]),
+            int(metadata["resize_size"]),
+            metadata.get("interpolation", "bilinear"),
+            tuple(json.loads(metadata["mean"])),
+            tuple(json.loads(metadata["std"])),
+        )
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after resizing the shorter side to ``resize_size`` (torchvision's rounding)."""
+        if width <= height:
+            return self.resize_size, int(self.resize_size * height / width)
+        return int(self.resize_size * width / height), self.resize_size
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """One RGB PIL image -> float32 (3, image_size, image_size)."""
+        size = self.resized_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling[self.interpolation.upper()])
+        left = int(round((size[0] - self.image_size) / 2.0))  # torchvision's CenterCrop offsets
+        top = int(round((size[1] - self.image_size) / 2.0))
+        image = image.crop((left, top, left + self.image_size, top + self.image_size))
+        pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return ((pixels - mean) / std).transpose(2, 0, 1)

@@ -1,0 +1,57 @@
+"""Images as tensors for training and evaluation: the torch Dataset and the torchvision transforms.
+
+The eval transform is built from the run's :class:`~s2sd_deploy.serving.preprocessing.Preprocessing`, the
+one definition that the ONNX metadata and the serving side follow too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torchvision import transforms as T
+
+from ..serving.images import open_image
+from ..serving.preprocessing import Preprocessing
+from .datasets import ImageSet
+
+
+class LabelledImages(torch.utils.data.Dataset):
+    """Decodes an :class:`ImageSet` item and applies a transform; returns (image, label)."""
+
+    def __init__(self, images: ImageSet, transform: Callable):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.transform(open_image(self.images.sources[index])), int(self.images.labels[index])
+
+
+def eval_transform(preprocessing: Preprocessing) -> Callable:
+    """Paper: Resize(256) + CenterCrop(224) + ImageNet normalisation (as ``preprocessing`` says)."""
+    return T.Compose(
+        [
+            T.Resize(preprocessing.resize_size, interpolation=T.InterpolationMode(preprocessing.interpolation)),
+            T.CenterCrop(preprocessing.image_size),
+            T.ToTensor(),
+            T.Normalize(preprocessing.mean, preprocessing.std),
+        ]
+    )
+
+
+def train_transform(cfg) -> Callable:
+    """Paper: RandomResizedCrop(224) + horizontal flip + ImageNet normalisation."""
+    preprocessing = cfg.preprocessing()
+    steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0))]
+    if cfg.hflip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)])
+
+
+def eval_loader(images: ImageSet, cfg, batch_size: int = 128) -> torch.utils.data.DataLoader:
+    """Batches of (images, labels) in order, with the run's eval transform."""
+    dataset = LabelledImages(images, eval_transform(cfg.preprocessing()))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, shuffle=False)
