@@ -21,3 +21,9 @@ class TrainingDiverged(S2SDError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
 
     exit_code = 4
+
+
+class Interrupted(S2SDError):
+    """Ctrl-C: the message says what was kept and how to continue."""
+
+    exit_code = 130

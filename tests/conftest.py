@@ -35,3 +35,14 @@ def trained_run(tmp_path_factory):
     cfg = build_train_config({**TINY, "out_dir": str(out), "run_name": "tiny"})
     summary = train(cfg)
     return out / "tiny" if summary else None
+
+
+@pytest.fixture(scope="session")
+def exported_model(trained_run, tmp_path_factory):
+    """The tiny run exported once with its largest teacher (verified on 16 test images); returns model.onnx."""
+    from s2sd_deploy.deploy.config import ExportConfig
+    from s2sd_deploy.deploy.export import export_run
+
+    out = tmp_path_factory.mktemp("exported")
+    export_run(ExportConfig(run=str(trained_run), out=str(out), with_teacher=True, verify_limit=16))
+    return out / "model.onnx"

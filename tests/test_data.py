@@ -187,3 +187,49 @@ def test_cli_wrong_root_exits_2_with_layout(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "expected layout" in lines[0]
+
+
+def test_empty_class_folders_are_ignored_and_do_not_shift_the_split(tmp_path, caplog):
+    for c in range(4):
+        for i in range(2):
+            _image(tmp_path / f"c{c}" / f"{i}.png", c)
+    (tmp_path / "b-empty").mkdir()  # sorts between the classes: counted, it would move c1 into training's half
+    with caplog.at_level("WARNING"):
+        train, test = load_splits("imagefolder", str(tmp_path))
+    assert {p.parent.name for p in train.sources} == {"c0", "c1"} and {p.parent.name for p in test.sources} == {
+        "c2",
+        "c3",
+    }
+    assert "ignoring 1 class folder(s) without images" in caplog.text
+
+
+def test_file_names_that_are_not_utf8_are_fingerprinted(tmp_path):
+    import os
+
+    from s2sd_deploy.training.datasets import fingerprint
+
+    for c in range(4):
+        for i in range(2):
+            _image(tmp_path / f"c{c}" / f"{i}.png", c)
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    _image(tmp_path / "c0" / odd, 9)
+    train, test = load_splits("imagefolder", str(tmp_path))
+    assert any(p.name == odd for p in train.sources) and len(fingerprint(train, test)) == 16
+
+
+def test_decompression_bombs_are_named_or_skipped(tmp_path):
+    from .test_bad_inputs import decompression_bomb
+
+    for c in range(4):
+        for i in range(2):
+            _image(tmp_path / f"c{c}" / f"{i}.png", c)
+    decompression_bomb(tmp_path / "c0" / "bomb.png")
+    train, _ = load_splits("imagefolder", str(tmp_path))
+    dataset = LabelledImages(
+        train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8}).preprocessing())
+    )
+    bomb = [i for i, p in enumerate(train.sources) if p.name == "bomb.png"][0]
+    with pytest.raises(S2SDError, match="bomb.png is too large to decode safely.*--skip-bad-images"):
+        dataset[bomb]
+    kept, _ = load_splits("imagefolder", str(tmp_path), skip_bad_images=True)
+    assert len(kept) == len(train) - 1 and kept.skipped == 1

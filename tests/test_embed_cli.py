@@ -1,23 +1,25 @@
-"""s2sd embed: folders in, .npz out, shards that concatenate to the whole."""
+"""s2sd embed, through the console script: folders in, .npz out, shards that concatenate to the whole."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from s2sd_deploy.cli import app
-from s2sd_deploy.deploy.export import ExportConfig, export_run
 from s2sd_deploy.serving.embedder import Embedder
 
-runner = CliRunner()
+S2SD = str(Path(sys.executable).with_name("s2sd"))
 
 
 @pytest.fixture(scope="module")
-def collection(trained_run, tmp_path_factory):
+def collection(exported_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("collection")
-    export_run(ExportConfig(run=str(trained_run), out=str(root / "export"), verify_limit=16))
     rng = np.random.default_rng(0)
     for i in range(11):
         folder = root / "images" / f"class{i % 3}"
@@ -27,47 +29,60 @@ def collection(trained_run, tmp_path_factory):
     return root
 
 
-def _embed(collection, out, *extra):
-    result = runner.invoke(
-        app,
+def _embed(collection, model, out, *extra, images=None):
+    result = subprocess.run(
         [
+            S2SD,
             "embed",
-            str(collection / "images"),
+            str(images or collection / "images"),
             "--model",
-            str(collection / "export" / "model.onnx"),
+            str(model),
             "--out",
             str(out),
             "--workers",
             "2",
             *extra,
         ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert result.exit_code == 0, result.output
+    assert result.returncode == 0, result.stderr[-2000:]
     return result, np.load(out, allow_pickle=False)
 
 
-def test_embeds_a_folder_with_paths(collection, tmp_path):
-    result, saved = _embed(collection, tmp_path / "all.npz")
+def test_embeds_a_folder_with_paths(collection, exported_model, tmp_path):
+    result, saved = _embed(collection, exported_model, tmp_path / "all.npz")
     paths = list(saved["paths"])
     assert len(paths) == 11 and paths == sorted(paths) and all(p.endswith(".png") for p in paths)
-    expected = Embedder(collection / "export" / "model.onnx").embed(paths)
+    expected = Embedder(exported_model).embed(paths)
     np.testing.assert_allclose(saved["embeddings"], expected, atol=1e-6)
-    assert "images/s" in result.output and str(saved["run_id"]) == "tiny"
+    assert "images/s" in result.stdout and str(saved["run_id"]) == "tiny" and len(saved["skipped"]) == 0
+    assert (tmp_path / "all.npz").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
-def test_shards_concatenate_to_single_machine_result(collection, tmp_path):
-    _, whole = _embed(collection, tmp_path / "all.npz")
-    parts = [_embed(collection, tmp_path / f"part{k}.npz", "--shard", f"{k}/3")[1] for k in (1, 2, 3)]
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_shards_concatenate_to_single_machine_result(collection, exported_model, tmp_path):
+    _, whole = _embed(collection, exported_model, tmp_path / "all.npz")
+    parts = [_embed(collection, exported_model, tmp_path / f"part{k}.npz", "--shard", f"{k}/3")[1] for k in (1, 2, 3)]
     np.testing.assert_array_equal(np.concatenate([p["embeddings"] for p in parts]), whole["embeddings"])
     assert sum((list(p["paths"]) for p in parts), []) == list(whole["paths"])
 
 
-def test_bad_shard_and_missing_input(collection, tmp_path):
-    model = str(collection / "export" / "model.onnx")
-    result = runner.invoke(
-        app, ["embed", str(collection / "images"), "--model", model, "--out", str(tmp_path / "x.npz"), "--shard", "4/3"]
-    )
-    assert result.exit_code != 0 and "K must be between 1 and N" in str(result.exception)
-    result = runner.invoke(app, ["embed", str(tmp_path / "nope"), "--model", model, "--out", str(tmp_path / "x.npz")])
-    assert "input not found" in str(result.exception)
-    assert not (tmp_path / "x.npz").exists()
+def test_bad_images_are_skipped_listed_and_counted(collection, exported_model, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(collection / "images", images)
+    (images / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "class1" / "empty.png").write_bytes(b"")
+    result, saved = _embed(collection, exported_model, tmp_path / "x.npz", "--skip-bad-images", images=images)
+    assert len(saved["paths"]) == 11 and sorted(Path(p).name for p in saved["skipped"]) == ["broken.jpg", "empty.png"]
+    assert "skipped 2 that did not decode" in result.stdout
+    assert sum(line.startswith("skipped ") for line in result.stderr.splitlines()) == 2
+    expected = Embedder(exported_model).embed(list(saved["paths"]))
+    np.testing.assert_allclose(saved["embeddings"], expected, atol=1e-6)

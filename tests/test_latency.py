@@ -54,7 +54,7 @@ def test_contrast_ratios_against_the_student():
 def test_deadline_records_what_was_skipped(trained_run, tmp_path):
     results = run_benchmark(
         BenchConfig(
-            run=str(trained_run), dims=[8, 16], gallery_sizes=[500], max_seconds=0.0, encoder=True, out=str(tmp_path)
+            run=str(trained_run), dims=[8, 16], gallery_sizes=[500], max_seconds=1e-9, encoder=True, out=str(tmp_path)
         )
     )
     assert any("budget reached" in note for note in results["notes"])
@@ -100,7 +100,7 @@ def test_cli_small_run_writes_every_output(trained_run, tmp_path):
 
 
 def test_invalid_index_is_named():
-    with pytest.raises(S2SDError, match="invalid --index annoy; choose from: flat, hnsw, ivfpq"):
+    with pytest.raises(S2SDError, match="invalid --index 'flat,annoy'; choose from: flat, hnsw, ivfpq"):
         BenchConfig(indexes=["flat", "annoy"]).validate()
 
 

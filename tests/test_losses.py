@@ -9,8 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from s2sd_deploy.training.config import build_train_config
-from s2sd_deploy.training.losses import S2SDLoss, build_criterion, build_loss, relational_kl
+from s2sd_deploy.training.losses import S2SDLoss, build_criterion, build_loss, kl_to_teacher, similarity_log_softmax
 from s2sd_deploy.training.model import ModelOutput
+
+
+def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The library's relational KL of two raw embedding sets (rows normalised first)."""
+    student_log_probs = similarity_log_softmax(F.normalize(student, dim=-1), temperature)
+    return kl_to_teacher(student_log_probs, F.normalize(teacher, dim=-1), temperature)
 
 
 def naive_relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> float:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -47,3 +51,16 @@ def test_unfinished_run_is_named(two_runs):
     (two_runs[1] / "summary.json").unlink()
     with pytest.raises(S2SDError, match="has no summary.json"):
         load_rows(two_runs)
+
+
+def test_console_table_fits_80_columns(two_runs):
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("s2sd")), "report", *map(str, two_runs)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 80
+    assert "0.5000" in result.stdout  # every value is there, wrapped rather than cut

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from s2sd_deploy.errors import TrainingDiverged
+from s2sd_deploy.errors import S2SDError, TrainingDiverged
 from s2sd_deploy.training.config import build_train_config
 from s2sd_deploy.training.losses import S2SDLoss
 from s2sd_deploy.training.run_dir import RunDir
@@ -53,7 +53,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def s2sd(*args: str, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "s2sd_deploy.cli", *args],
+        [str(Path(sys.executable).with_name("s2sd")), *args],  # the real console script
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -92,29 +92,123 @@ def _digest(path: Path) -> dict[str, str]:
     return {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in load_file(str(path)).items()}
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
-    common = [*FAST, "--epochs", "3", "--out-dir", str(tmp_path), "--seed", "7"]
-    reference = s2sd("train", *common, "--run-name", "whole")
-    killed = s2sd("train", *common, "--run-name", "killed")
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+def wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
         time.sleep(0.05)
-    first_epoch = json.loads(metrics.read_text().splitlines()[0])
-    time.sleep(0.4 * first_epoch["elapsed_s"] / 2)  # well inside epoch 2
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "killed" / "summary.json").exists(), "the run finished before it was killed"
+    assert condition(), "timed out"
 
-    resumed = s2sd("train", "--resume", str(tmp_path / "killed"))
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+
+def epochs_written(run: Path) -> int:
+    metrics = run / "metrics.jsonl"
+    return metrics.read_text().count("\n") if metrics.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """Killed in epoch 2, and killed in its first epoch (then left with the temporary file of an interrupted
+    checkpoint write), both runs resume to the weights of an uninterrupted run and leave no temporary file."""
+    common = [*FAST, "--epochs", "2", "--out-dir", str(tmp_path), "--seed", "7"]
+    reference = s2sd("train", *common, "--run-name", "whole")
+    late, early = s2sd("train", *common, "--run-name", "late"), s2sd("train", *common, "--run-name", "early")
+    wait_for(lambda: (tmp_path / "early" / "config.json").exists())
+    early.send_signal(signal.SIGKILL)  # during the first epoch: nothing completed
+    wait_for(lambda: epochs_written(tmp_path / "late") >= 1)
+    first_epoch = json.loads((tmp_path / "late" / "metrics.jsonl").read_text().splitlines()[0])
+    time.sleep(0.3 * first_epoch["elapsed_s"] / 2)  # well inside epoch 2
+    late.send_signal(signal.SIGKILL)
+    for killed, name in ((early, "early"), (late, "late")):
+        killed.wait()
+        assert killed.returncode == -signal.SIGKILL and not (tmp_path / name / "summary.json").exists()
+    assert not (tmp_path / "early" / "last.safetensors").exists(), "the first epoch completed before the kill"
+    # What a kill during a checkpoint write leaves: the complete old file and the temporary new one.
+    (tmp_path / "early" / ".last.safetensors.k1ll3d.tmp").write_bytes(b"\0" * 4096)
+    for name in ("late", "early"):
+        resumed = s2sd("train", "--resume", str(tmp_path / name))
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
     assert reference.wait(timeout=300) == 0
-    assert _digest(tmp_path / "killed" / "last.safetensors") == _digest(tmp_path / "whole" / "last.safetensors")
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3]
+    for name in ("late", "early"):
+        assert _digest(tmp_path / name / "last.safetensors") == _digest(tmp_path / "whole" / "last.safetensors")
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert [row["epoch"] for row in rows] == [1, 2]
+        assert not list((tmp_path / name).glob("*.tmp")) and not list((tmp_path / name).glob(".*.tmp"))
+    late_rows = [json.loads(line) for line in (tmp_path / "late" / "metrics.jsonl").read_text().splitlines()]
+    whole_rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    # Time keeps counting across the resume: the resumed epoch 2 ends after epoch 1 by more than the
+    # uninterrupted run's epoch 2 took (it also pays the kill and a second start-up).
+    epoch_2 = whole_rows[1]["elapsed_s"] - whole_rows[0]["elapsed_s"]
+    assert late_rows[1]["elapsed_s"] - late_rows[0]["elapsed_s"] >= 0.5 * epoch_2
+    summary = json.loads((tmp_path / "late" / "summary.json").read_text())
+    assert summary["wall_time_s"] >= late_rows[1]["elapsed_s"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
+    process = s2sd("train", *FAST, "--epochs", "20", "--out-dir", str(tmp_path), "--run-name", "stopped")
+    wait_for(lambda: epochs_written(tmp_path / "stopped") >= 1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: interrupted: every completed epoch is saved; continue with: s2sd train --resume {tmp_path / 'stopped'}"
+    ], err
+    assert "Traceback" not in err
+
+
+def test_a_run_in_use_is_refused(tmp_path):
+    busy = RunDir(tmp_path / "busy")
+    busy.claim()  # this test process holds it, as another s2sd train would
+    try:
+        process = s2sd("train", *FAST, "--out-dir", str(tmp_path), "--run-name", "busy")
+        _, err = process.communicate(timeout=300)
+    finally:
+        busy.release()
+    assert process.returncode == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'busy'} is in use by another s2sd train (pid "
+        f"{os.getpid()}); wait for it to finish, or choose another --run-name"
+    )
+    assert not (tmp_path / "busy" / "config.json").exists()
+
+
+def test_a_run_without_a_completed_epoch_is_replaced_or_started_over(tmp_path):
+    cfg = build_train_config({**FAST_DICT, "epochs": 1, "out_dir": str(tmp_path), "run_name": "fresh"})
+    run = tmp_path / "fresh"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"format": "s2sd-run/2", "config": cfg.to_dict()}))
+    (run / ".config.json.abc.tmp").write_text("left by a killed write")
+    assert train(cfg)["epochs"] == 1  # no epoch had completed: replaced, and the leftover cleared
+    assert not list(run.glob(".*.tmp"))
+    for name in ("last.safetensors", "best.safetensors", "summary.json", "metrics.jsonl"):
+        (run / name).unlink()
+    summary = resume(run)  # no epoch completed: --resume starts it over
+    assert summary["epochs"] == 1 and (run / "last.safetensors").is_file()
+
+
+def test_a_damaged_best_checkpoint_stops_the_resume(tmp_path):
+    cfg = build_train_config({**FAST_DICT, "epochs": 1, "out_dir": str(tmp_path), "run_name": "damaged"})
+    train(cfg)
+    best = tmp_path / "damaged" / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:100])
+    with pytest.raises(S2SDError, match="best.safetensors is not a readable safetensors checkpoint.*delete it"):
+        resume(tmp_path / "damaged", epochs=2)
+    best.unlink()
+    summary = resume(tmp_path / "damaged", epochs=2)
+    assert summary["best_test_epoch_paper_protocol"]["epoch"] == 2 and best.is_file()
+
+
+def test_files_follow_the_umask(tmp_path):
+    code = "from s2sd_deploy.atomic_files import write_text_atomic; import sys; write_text_atomic(sys.argv[1], 'x')"
+    for umask, mode in (("022", 0o644), ("027", 0o640)):
+        target = tmp_path / f"file-{umask}"
+        subprocess.run(
+            ["sh", "-c", f'umask {umask} && "$0" -c "$1" "$2"', sys.executable, code, str(target)],
+            check=True,
+            timeout=60,
+        )
+        assert target.stat().st_mode & 0o777 == mode
 
 
 @pytest.mark.slow

@@ -16,10 +16,10 @@ import torch
 
 from ..metrics import drop_self
 from ..serving.knn import group_size, grouped_topk, inner_products_by_id, rerank
+from .config import APPROXIMATE
 
 EXACT_KERNELS = ("faiss-flat", "matmul-topk", "matmul-grouped", "numpy-grouped")
 CPU_ONLY_KERNELS = ("numpy-grouped",)
-APPROXIMATE = ("hnsw", "ivfpq")
 
 
 def exact_kernels(device: str = "cpu") -> tuple[str, ...]:

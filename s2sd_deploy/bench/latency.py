@@ -9,40 +9,11 @@ within the time budget.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
-from ..errors import S2SDError
 from ..gpu import require_faiss_gpu
 from ..training.run_dir import RunDir
-from .kernels import APPROXIMATE
-
-
-@dataclass
-class BenchConfig:
-    """Options of ``s2sd bench-latency``; saved in results.json."""
-
-    run: str | None = None  # run directory for the accuracy and encoder parts (None: latest in runs/)
-    dims: list[int] | None = None  # None: the student's d (128 without a run), 512, 1024, 2048
-    gallery_sizes: list[int] = field(default_factory=lambda: [10_000, 100_000])
-    large: bool = False  # add a 1e6 gallery
-    query_batches: list[int] = field(default_factory=lambda: [1, 64])
-    indexes: list[str] = field(default_factory=lambda: ["flat", "ivfpq"])  # hnsw builds slowly at 2048-d
-    k: int = 10
-    shortlists: list[int] = field(default_factory=lambda: [50, 100])
-    device: str = "cpu"
-    out: str = "bench-latency"
-    max_seconds: float = 170.0  # the whole default run stays within 3 minutes
-    encoder: bool = True
-    seed: int = 0
-
-    def validate(self) -> None:
-        unknown = [i for i in self.indexes if i not in ("flat", *APPROXIMATE)]
-        if unknown:
-            raise S2SDError(f"invalid --index {','.join(unknown)}; choose from: flat, hnsw, ivfpq")
-        if self.device not in ("cpu", "gpu"):
-            raise S2SDError(f"invalid --device {self.device!r}; choose one of: cpu, gpu")
-        if min(self.gallery_sizes + self.query_batches + (self.dims or [1])) < 1:
-            raise S2SDError("--dims, --gallery-sizes and --query-batch take positive whole numbers")
+from .config import BenchConfig
 
 
 class Deadline:

@@ -1,4 +1,4 @@
-"""``s2sd bench-latency``: flags -> BenchConfig -> :func:`s2sd_deploy.latency.run_benchmark`."""
+"""``s2sd bench-latency``: flags -> BenchConfig -> :func:`s2sd_deploy.bench.latency.run_benchmark`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..bench.config import BenchConfig
 from .options import int_list
+
+DEFAULTS = BenchConfig()  # the one source of the defaults below
+
+
+def joined(values: list) -> str:
+    return ",".join(map(str, values))
 
 
 def bench_latency(
     run: Annotated[
         Optional[Path],
-        typer.Option(
-            help="Run directory for the accuracy and encoder parts. [default: newest under runs/]", show_default=False
-        ),
+        typer.Option(help="Run directory for the accuracy and encoder parts.", show_default="newest under runs/"),
     ] = None,
     model: Annotated[
         Optional[Path],
@@ -27,25 +32,25 @@ def bench_latency(
     ] = None,
     dims: Annotated[
         Optional[str],
-        typer.Option(
-            help="Embedding dimensions, comma-separated. [default: the student's d, 512, 1024, 2048]",
-            show_default=False,
-        ),
+        typer.Option(help="Embedding dimensions, comma-separated.", show_default="the student's d, 512, 1024, 2048"),
     ] = None,
-    gallery_sizes: Annotated[str, typer.Option(help="Gallery sizes, comma-separated.")] = "10000,100000",
-    large: Annotated[bool, typer.Option("--large", help="Add a gallery of 1e6 vectors.")] = False,
-    query_batch: Annotated[str, typer.Option(help="Query batch sizes, comma-separated.")] = "1,64",
-    index: Annotated[str, typer.Option(help="flat (exact) and approximate indexes: hnsw, ivfpq.")] = "flat,ivfpq",
-    device: Annotated[str, typer.Option(help="cpu, or gpu (faiss-gpu and CUDA).")] = "cpu",
-    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and the plots.")] = Path(
-        "bench-latency"
+    gallery_sizes: Annotated[str, typer.Option(help="Gallery sizes, comma-separated.")] = joined(
+        DEFAULTS.gallery_sizes
     ),
-    max_seconds: Annotated[float, typer.Option(help="Time budget; later measurements are skipped and noted.")] = 170.0,
+    large: Annotated[bool, typer.Option("--large", help="Add a gallery of 1e6 vectors.")] = DEFAULTS.large,
+    query_batch: Annotated[str, typer.Option(help="Query batch sizes, comma-separated.")] = joined(
+        DEFAULTS.query_batches
+    ),
+    index: Annotated[str, typer.Option(help="flat (exact) and approximate indexes: hnsw, ivfpq.")] = joined(
+        DEFAULTS.indexes
+    ),
+    device: Annotated[str, typer.Option(help="cpu, or gpu (faiss-gpu and CUDA).")] = DEFAULTS.device,
+    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and the plots.")] = Path(DEFAULTS.out),
+    max_seconds: Annotated[
+        float, typer.Option(help="Time budget; later measurements are skipped and noted.")
+    ] = DEFAULTS.max_seconds,
     no_encoder: Annotated[bool, typer.Option("--no-encoder", help="Skip the encoder-cost part.")] = False,
 ) -> None:
-    from ..bench.latency import BenchConfig, run_benchmark
-    from ..bench.latency_report import print_headline, write_results
-
     cfg = BenchConfig(
         run=str(run) if run else _run_of_model(model),
         dims=int_list(dims, "--dims"),
@@ -58,6 +63,10 @@ def bench_latency(
         max_seconds=max_seconds,
         encoder=not no_encoder,
     )
+    cfg.validate()  # before the heavy imports
+    from ..bench.latency import run_benchmark
+    from ..bench.latency_report import print_headline, write_results
+
     results = run_benchmark(cfg, progress=lambda message: typer.echo(message, err=True))
     results["command"] = "s2sd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = write_results(results, out)

@@ -23,39 +23,55 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
 
 
 def embed(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.")],
-    model: Annotated[Path, typer.Option(help="Exported model.onnx (from `s2sd export`).")],
-    out: Annotated[Path, typer.Option(help="Output .npz: `embeddings` (N, d) float32, `paths` (N,), `run_id`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    model: Annotated[Path, typer.Option(help="Exported model.onnx (from `s2sd export`).", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output .npz: `embeddings` (N, d) float32, `paths` (N,), `skipped`, `run_id`.", show_default=False
+        ),
+    ],
     shard: Annotated[
-        Optional[str], typer.Option(help="K/N: embed only the K-th of N slices.", show_default=False)
+        Optional[str], typer.Option(help="K/N: embed only the K-th of N slices.", show_default="all")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 32,
-    workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.")] = 4,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad-images", help="Skip files that do not decode (listed in the output) instead of stopping."
+        ),
+    ] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.", min=1)] = 32,
+    workers: Annotated[int, typer.Option(help="Threads decoding images ahead of the model.", min=1)] = 4,
     threads: Annotated[
-        Optional[int], typer.Option(help="onnxruntime intra-op threads. [default: onnxruntime's]", show_default=False)
+        Optional[int], typer.Option(help="onnxruntime intra-op threads.", min=1, show_default="onnxruntime's choice")
     ] = None,
     provider: Annotated[
         Optional[list[str]],
         typer.Option(
-            help="Execution provider(s) in order, e.g. CPUExecutionProvider. [default: TensorRT, CUDA, CPU as "
-            "available]",
-            show_default=False,
+            help="Execution provider(s) in order, e.g. CPUExecutionProvider.",
+            show_default="TensorRT, CUDA, CPU as available",
         ),
     ] = None,
 ) -> None:
+    from ..atomic_files import check_output_file
     from ..serving.embedder import Embedder, embed_files, save_embeddings
     from ..serving.images import list_images, shard_of
 
+    check_output_file(out, "--out")
     embedder = Embedder(model, providers=provider, threads=threads, batch_size=batch_size)
     paths = shard_of(list_images(inputs), parse_shard(shard))
     started = time.perf_counter()
     with tqdm(total=len(paths), unit="img", desc="embedding") as bar:
-        embeddings = embed_files(embedder, paths, workers, progress=bar.update)
+        result = embed_files(embedder, paths, workers, skip_bad_images, progress=bar.update)
     seconds = time.perf_counter() - started
-    save_embeddings(out, embeddings, paths, embedder.metadata)
+    save_embeddings(out, result, embedder.metadata)
+    for path, why in result.skipped:
+        typer.echo(f"skipped {path}: {why}", err=True)
     rate = len(paths) / seconds if seconds > 0 else float("nan")
+    skipped = f", skipped {len(result.skipped)} that did not decode" if result.skipped else ""
     typer.echo(
-        f"embedded {len(paths)} images ({embedder.dim}-d) on {embedder.provider} at {rate:.1f} images/s -> {out}"
+        f"embedded {len(result.paths)} images ({embedder.dim}-d){skipped} on {embedder.provider} at {rate:.1f} "
+        f"images/s -> {out}"
     )
 
 

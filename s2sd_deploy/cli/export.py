@@ -1,4 +1,4 @@
-"""``s2sd export``: flags -> ExportConfig -> :func:`s2sd_deploy.export.export_run`."""
+"""``s2sd export``: flags -> ExportConfig -> :func:`s2sd_deploy.deploy.export.export_run`."""
 
 from __future__ import annotations
 
@@ -7,48 +7,52 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..deploy.config import ExportConfig
+
+DEFAULTS = ExportConfig(run="")  # the one source of the defaults below
+
 
 def export(
-    run: Annotated[Path, typer.Argument(help="Run directory written by `s2sd train`.")],
+    run: Annotated[Path, typer.Argument(help="Run directory written by `s2sd train`.", show_default=False)],
     engine: Annotated[
         str, typer.Option(help="onnx, or trt to also build a TensorRT engine (NVIDIA GPU + tensorrt).")
-    ] = "onnx",
-    out: Annotated[
-        Optional[Path], typer.Option(help="Output folder. [default: RUN/export]", show_default=False)
-    ] = None,
+    ] = DEFAULTS.engine,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder.", show_default="RUN/export")] = None,
     checkpoint: Annotated[
         str,
         typer.Option(
             help="shipped (chosen by training without the test classes: the best validation epoch with "
             "--validation-classes, else the last), best, last, or a checkpoint file of the run."
         ),
-    ] = "shipped",
-    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
-    batch_min: Annotated[int, typer.Option(help="TensorRT profile: smallest batch.")] = 1,
-    batch_opt: Annotated[int, typer.Option(help="TensorRT profile: batch the engine is tuned for.")] = 32,
+    ] = DEFAULTS.checkpoint,
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = DEFAULTS.opset,
+    batch_min: Annotated[int, typer.Option(help="TensorRT profile: smallest batch.", min=1)] = DEFAULTS.batch_min,
+    batch_opt: Annotated[
+        int, typer.Option(help="TensorRT profile: batch the engine is tuned for.", min=1)
+    ] = DEFAULTS.batch_opt,
     batch_max: Annotated[
-        int, typer.Option(help="TensorRT profile: largest batch (also Triton's max_batch_size).")
-    ] = 128,
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (TensorRT engine; the ONNX stays fp32).")] = "fp32",
-    workspace_mb: Annotated[int, typer.Option(help="TensorRT builder workspace limit in MiB.")] = 2048,
+        int, typer.Option(help="TensorRT profile: largest batch (also Triton's max_batch_size).", min=1)
+    ] = DEFAULTS.batch_max,
+    precision: Annotated[
+        str, typer.Option(help="fp32 or fp16 (TensorRT engine; the ONNX stays fp32).")
+    ] = DEFAULTS.precision,
+    workspace_mb: Annotated[
+        int, typer.Option(help="TensorRT builder workspace limit in MiB.", min=1)
+    ] = DEFAULTS.workspace_mb,
     with_teacher: Annotated[
         bool,
         typer.Option(
             "--with-teacher", help="Also export the largest teacher as output `teacher_embeddings`, for re-ranking."
         ),
-    ] = False,
+    ] = DEFAULTS.with_teacher,
     triton: Annotated[
         bool, typer.Option("--triton", help="Also write a Triton Inference Server model repository (OUT/triton).")
-    ] = False,
+    ] = DEFAULTS.triton,
     verify_limit: Annotated[
         Optional[int],
-        typer.Option(
-            help="Verify on the first N test images only. [default: the whole test split]", show_default=False
-        ),
-    ] = None,
+        typer.Option(help="Verify on the first N test images only.", min=2, show_default="the whole test split"),
+    ] = DEFAULTS.verify_limit,
 ) -> None:
-    from ..deploy.export import ExportConfig, export_run
-
     cfg = ExportConfig(
         run=str(run),
         engine=engine,
@@ -64,6 +68,9 @@ def export(
         workspace_mb=workspace_mb,
         verify_limit=verify_limit,
     )
+    cfg.validate()  # before the heavy imports
+    from ..deploy.export import export_run
+
     report = export_run(cfg)
     selection = report["checkpoint"]
     typer.echo(f"exported {selection['checkpoint']} (epoch {selection.get('epoch')}): {selection['rule']}")

@@ -17,9 +17,13 @@ def report(
         Optional[Path], typer.Option(help="Also write a bar plot of the final metrics (PNG).", show_default=False)
     ] = None,
 ) -> None:
+    from ..atomic_files import check_output_file
     from ..tables import print_table
     from ..training.report import comparison_table, load_rows, write_report
 
+    for option, path in (("--markdown", markdown), ("--plot", plot)):
+        if path is not None:
+            check_output_file(path, option)
     rows = load_rows(runs)
     write_report(rows, markdown, plot)
     print_table("runs compared (final-epoch metrics)", *comparison_table(rows))

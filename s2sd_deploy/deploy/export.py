@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,41 +18,10 @@ from ..errors import MissingDependencyError, S2SDError
 from ..serving.interface import INPUT, ONNX_FORMAT, OUTPUT, TEACHER_OUTPUT
 from ..training.model import DeployedModel
 from ..training.run_dir import RunDir
+from .config import ExportConfig
 from .verify import parity_failure, verify_onnx
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExportConfig:
-    """Options of ``s2sd export``; saved in ``export_report.json``."""
-
-    run: str
-    engine: str = "onnx"  # onnx | trt
-    out: str | None = None  # default: <run>/export
-    checkpoint: str = "shipped"  # shipped (chosen without the test classes) | best | last | a file of the run
-    opset: int = 18  # 17+ needed; 18 is what torch 2.14's dynamo exporter targets
-    batch_min: int = 1  # TensorRT optimisation profile
-    batch_opt: int = 32
-    batch_max: int = 128
-    precision: str = "fp32"  # fp32 | fp16 (TensorRT engine)
-    with_teacher: bool = False
-    triton: bool = False
-    workspace_mb: int = 2048  # TensorRT builder workspace limit
-    verify_limit: int | None = None  # verify on the first N test images only (None: all)
-
-    def validate(self) -> None:
-        if self.engine not in ("onnx", "trt"):
-            raise S2SDError(f"invalid --engine {self.engine!r}; choose one of: onnx, trt")
-        if self.precision not in ("fp32", "fp16"):
-            raise S2SDError(f"invalid --precision {self.precision!r}; choose one of: fp32, fp16")
-        if self.opset < 17:
-            raise S2SDError(f"--opset {self.opset} is too old; use 17 or newer")
-        if not 1 <= self.batch_min <= self.batch_opt <= self.batch_max:
-            raise S2SDError(
-                f"batch profile must satisfy 1 <= --batch-min <= --batch-opt <= --batch-max, got "
-                f"{self.batch_min}/{self.batch_opt}/{self.batch_max}"
-            )
 
 
 def export_onnx(

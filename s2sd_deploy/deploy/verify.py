@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..metrics import nearest_neighbours, parity, recall_at_k
 from ..serving.interface import INPUT, OUTPUT, TEACHER_OUTPUT
@@ -19,7 +20,7 @@ MAX_ABS_DIFF, MIN_COSINE = 1e-5, 0.99999  # fp32 parity bounds
 @torch.no_grad()
 def torch_embeddings(deployed: DeployedModel, loader) -> list[np.ndarray]:
     outputs = [[], []]
-    for images, _ in loader:
+    for images, _ in tqdm(loader, desc="verifying: PyTorch", unit="batch", leave=False):
         result = deployed(images)
         for store, tensor in zip(outputs, result if isinstance(result, tuple) else (result,)):
             store.append(tensor.numpy())
@@ -31,7 +32,7 @@ def onnx_embeddings(onnx_path: Path, loader) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     outputs = [[] for _ in session.get_outputs()]
-    for images, _ in loader:
+    for images, _ in tqdm(loader, desc="verifying: ONNX Runtime", unit="batch", leave=False):
         for store, array in zip(outputs, session.run(None, {INPUT: images.numpy()})):
             store.append(array)
     return [np.concatenate(o) for o in outputs]

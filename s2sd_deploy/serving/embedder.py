@@ -11,6 +11,7 @@ runs it with PIL and numpy.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,6 +27,7 @@ from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
 
+API_HINT = "skip or replace the file"
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -45,6 +47,35 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [p for p in PREFERRED_PROVIDERS if p in available]
 
 
+def open_session(path: Path, providers: Sequence[str] | None, threads: int | None):
+    """An onnxruntime session on the chosen providers. When they cannot run the model but the CPU can, the
+    error blames the provider (or, with automatic choice, falls back to the CPU with a warning), not the file."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    chosen = choose_providers(providers)
+    try:
+        return ort.InferenceSession(str(path), options, providers=chosen)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf/EP types
+        failure = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if chosen != ["CPUExecutionProvider"]:
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception:  # the file itself is the problem
+            session = None
+        if session is not None and providers:
+            raise S2SDError(
+                f"execution provider(s) {', '.join(chosen)} could not run {path} ({failure}); "
+                f"the CPU can: pass --provider CPUExecutionProvider or repair the provider's install"
+            )
+        if session is not None:
+            log.warning("%s could not run %s (%s); running on the CPU", chosen[0], path, failure)
+            return session
+    raise S2SDError(f"{path} is not a loadable ONNX model: {failure}")
+
+
 class Embedder:
     """Embed images with an exported s2sd model through onnxruntime.
 
@@ -60,26 +91,32 @@ class Embedder:
         threads: int | None = None,
         batch_size: int = 32,
     ):
-        import onnxruntime as ort
-
         self.path = Path(model_path)
         if not self.path.is_file():
-            raise S2SDError(f"model file not found: {self.path}")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=choose_providers(providers))
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise S2SDError(f"{self.path} is not a loadable ONNX model: {str(error).splitlines()[0]}") from None
+            raise S2SDError(
+                f"model file not found: {self.path}"
+                if not self.path.exists()
+                else f"model {self.path} is a folder; give the model.onnx file"
+            )
+        if batch_size < 1:
+            raise S2SDError(f"batch_size must be at least 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise S2SDError(f"threads must be at least 1 (or None for onnxruntime's choice), got {threads}")
+        self.session = open_session(self.path, providers, threads)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if self.metadata.get("s2sd_format") != ONNX_FORMAT:
             raise S2SDError(
                 f"{self.path} is not an s2sd model (its metadata has no s2sd_format {ONNX_FORMAT!r}); export "
                 "one with `s2sd export RUN`"
             )
-        self.preprocess = Preprocessing.from_metadata(self.metadata)
-        self.dim = int(self.metadata["embedding_dim"])
+        try:
+            self.preprocess = Preprocessing.from_metadata(self.metadata)
+            self.dim = int(self.metadata["embedding_dim"])
+        except (KeyError, ValueError) as error:
+            raise S2SDError(
+                f"{self.path} has the s2sd format tag but its metadata is incomplete or malformed "
+                f"({error!r}); export the model again with `s2sd export RUN`"
+            ) from None
         self.batch_size = batch_size
         self.input_name = self.metadata.get("input_name", INPUT)
         self.output_name = self.metadata.get("output_name", OUTPUT)
@@ -120,16 +157,25 @@ class Embedder:
                 raise S2SDError(f"a list item must be one image; got an array of shape {item.shape}")
             return array[0]
         if isinstance(item, (str, Path, Image.Image)):
-            return self.preprocess(open_image(item))
+            return self.preprocess(open_image(item, hint=API_HINT))
         raise S2SDError(f"cannot embed an object of type {type(item).__name__}; pass PIL images, paths or arrays")
 
     def _from_array(self, array: np.ndarray) -> np.ndarray:
         size = self.preprocess.image_size
         if array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             images = array[None] if array.ndim == 3 else array
+            if not len(images):
+                return np.zeros((0, 3, size, size), np.float32)
             return np.stack([self.preprocess(Image.fromarray(image)) for image in images])
         if array.dtype == np.float32 and array.ndim in (3, 4) and array.shape[-3:] == (3, size, size):
-            return np.ascontiguousarray(array[None] if array.ndim == 3 else array)
+            batch = np.ascontiguousarray(array[None] if array.ndim == 3 else array)
+            bad = np.flatnonzero(~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1))
+            if len(bad):
+                raise S2SDError(
+                    f"preprocessed images at rows {bad[:10].tolist()} contain NaN or infinite values; "
+                    f"they would give NaN embeddings"
+                )
+            return batch
         raise S2SDError(
             f"cannot embed an array of shape {array.shape} and dtype {array.dtype}: expected uint8 RGB images "
             f"(H, W, 3) or (N, H, W, 3), or preprocessed float32 (N, 3, {size}, {size})"
@@ -149,19 +195,43 @@ def iter_chunks(items: Iterable, size: int):
 
 
 # --- embedding a collection of files -------------------------------------------------------------
-def embed_files(embedder: Embedder, paths: list[Path], workers: int = 4, progress=None) -> np.ndarray:
-    """Embeddings (N, d) of image files; ``workers`` threads decode ahead while the model runs."""
+@dataclass
+class EmbeddedFiles:
+    """What :func:`embed_files` returns: the embeddings of the files that decoded, and those that did not."""
+
+    embeddings: np.ndarray  # (N, d) float32, in the order of ``paths``
+    paths: list[Path]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), with skip_bad_images
+
+
+def embed_files(
+    embedder: Embedder, paths: list[Path], workers: int = 4, skip_bad_images: bool = False, progress=None
+) -> EmbeddedFiles:
+    """Embeddings of image files; ``workers`` threads decode ahead while the model runs. Without
+    ``skip_bad_images`` the first file that does not decode stops it with an error naming the file."""
     from concurrent.futures import ThreadPoolExecutor
 
-    load = lambda path: embedder.preprocess(open_image(path))  # noqa: E731
-    outputs = []
+    def load(path):
+        try:
+            return path, embedder.preprocess(open_image(path)), None
+        except S2SDError as error:
+            if not skip_bad_images:
+                raise
+            return path, None, str(error)
+
+    outputs, kept, skipped = [], [], []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoded = _prefetch(pool, load, paths, window=2 * embedder.batch_size)
         for chunk in iter_chunks(decoded, embedder.batch_size):
-            outputs.append(embedder.run(np.stack(chunk)))
+            good = [(path, pixels) for path, pixels, _ in chunk if pixels is not None]
+            skipped += [(path, why) for path, pixels, why in chunk if pixels is None]
+            if good:
+                outputs.append(embedder.run(np.stack([pixels for _, pixels in good])))
+                kept += [path for path, _ in good]
             if progress:
                 progress(len(chunk))
-    return np.concatenate(outputs) if outputs else np.zeros((0, embedder.dim), np.float32)
+    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, embedder.dim), np.float32)
+    return EmbeddedFiles(embeddings, kept, skipped)
 
 
 def _prefetch(pool, function, items, window: int):
@@ -177,12 +247,14 @@ def _prefetch(pool, function, items, window: int):
         yield pending.popleft().result()
 
 
-def save_embeddings(path: Path, embeddings: np.ndarray, paths: list[Path], metadata: dict[str, str]) -> None:
-    """An .npz with ``embeddings`` (N, d), ``paths`` (N,) and the model's ``run_id`` (no pickles)."""
+def save_embeddings(path: Path, result: EmbeddedFiles, metadata: dict[str, str]) -> None:
+    """An .npz with ``embeddings`` (N, d), ``paths`` (N,), ``skipped`` (files that did not decode) and the
+    model's ``run_id`` (no pickles)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
-            embeddings=embeddings,
-            paths=np.array([str(p) for p in paths]),
+            embeddings=result.embeddings,
+            paths=np.array([str(p) for p in result.paths], dtype=str),
+            skipped=np.array([str(p) for p, _ in result.skipped], dtype=str),
             run_id=np.array(metadata.get("run_id", "")),
         )

@@ -13,15 +13,21 @@ from ..errors import S2SDError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def open_image(source) -> Image.Image:
-    """An RGB PIL image from a path or an image; an undecodable file raises S2SDError naming it."""
+SKIP_HINT = "pass --skip-bad-images to skip such files"
+
+
+def open_image(source, hint: str = SKIP_HINT) -> Image.Image:
+    """An RGB PIL image from a path or an image. An undecodable file, or one larger than Pillow's
+    decompression-bomb limit, raises S2SDError naming it (``hint`` says what the caller can do)."""
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     try:
         with Image.open(source) as image:
             return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise S2SDError(f"image {source} is too large to decode safely ({error}); {hint}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise S2SDError(f"cannot decode image {source}: {error} (pass --skip-bad-images to skip such files)") from None
+        raise S2SDError(f"cannot decode image {source}: {error} ({hint})") from None
 
 
 def list_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -34,6 +40,9 @@ def list_images(inputs: Sequence[str | Path]) -> list[Path]:
             paths.append(item)
         else:
             raise S2SDError(f"input not found: {item}")
+    if not paths:
+        names = ", ".join(map(str, inputs))
+        raise S2SDError(f"no image files in {names} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return sorted(set(paths))
 
 

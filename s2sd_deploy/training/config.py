@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -63,6 +65,53 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 BASELINE_CRITERION_LR = 5e-4
 
 DATA, MODEL, LOSS, S2SD, OPTIM, RUN = "Data", "Model", "Loss", "S2SD", "Optimisation", "Run"
+
+# Allowed ranges, checked for values from flags and files alike (lists item by item). Anything outside would
+# crash later (a 0-d teacher, a 0-sized batch) or train nonsense (a NaN learning rate).
+AT_LEAST = {
+    "image_size": 8,
+    "resize_size": 8,
+    "validation_classes": 0,
+    "num_workers": 0,
+    "embed_dim": 1,
+    "target_dims": 1,
+    "feature_delay": 0,
+    "lr_steps": 1,
+    "epochs": 1,
+    "batch_size": 2,
+    "samples_per_class": 2,
+    "seed": 0,
+    "eval_every": 1,
+    "recall_ks": 1,
+    "weight_decay": 0,
+    "teacher_weight_decay": 0,
+    "distill_weight": 0,
+    "feature_weight": 0,
+    "margin": 0,
+    "dw_lower_cutoff": 0,
+    "momentum": 0,
+    "ms_mining_margin": 0,
+}
+ABOVE = {
+    "lr": 0,
+    "criterion_lr": 0,
+    "temperature": 0,
+    "ms_pos_weight": 0,
+    "ms_neg_weight": 0,
+    "lr_gamma": 0,
+    "crop_scale_min": 0,
+    "margin_beta": 0,
+    "dw_upper_cutoff": 0,
+}
+AT_MOST = {"crop_scale_min": 1}
+BELOW = {"momentum": 1, "dw_lower_cutoff": 2}
+TYPE_WORDS = {
+    int: "a whole number",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    list: "a list of whole numbers",
+}
 
 
 def option(
@@ -228,24 +277,36 @@ class TrainConfig:
                 )
 
     def validate(self) -> None:
+        """Every option in range and consistent with the others; the message names the option and the fix."""
         self.validate_choices()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for item in value if isinstance(value, list) else [value]:
+                _check_range(f.name, item)
         if self.dataset != "digits" and not self.data_root:
             raise S2SDError(f"--data-root is required for dataset {self.dataset!r}")
         if self.batch_size % self.samples_per_class:
             raise S2SDError(
                 f"--batch-size {self.batch_size} must be a multiple of --samples-per-class {self.samples_per_class}"
             )
-        for name in ("embed_dim", "epochs", "batch_size", "samples_per_class", "image_size"):
-            if getattr(self, name) < 1:
-                raise S2SDError(f"{flag(name)} must be at least 1, got {getattr(self, name)}")
-        if self.samples_per_class < 2:
-            raise S2SDError("--samples-per-class must be at least 2: DML losses need positive pairs")
         if self.resize_size < self.image_size:
             raise S2SDError(f"--resize-size {self.resize_size} is smaller than --image-size {self.image_size}")
-        if self.temperature <= 0:
-            raise S2SDError(f"--temperature must be positive, got {self.temperature}")
         if self.s2sd and not self.target_dims:
             raise S2SDError("--target-dims is empty: S2SD needs at least one teacher (or pass --no-s2sd)")
+        if self.recall_ks is not None and 1 not in self.recall_ks:
+            raise S2SDError(
+                f"--recall-ks {format_value(self.recall_ks)} must include 1: Recall@1 chooses checkpoints "
+                f"and is what every report leads with"
+            )
+        if self.dw_upper_cutoff is not None and self.dw_upper_cutoff <= self.dw_lower_cutoff:
+            raise S2SDError(
+                f"--dw-upper-cutoff {self.dw_upper_cutoff} must be above --dw-lower-cutoff {self.dw_lower_cutoff}"
+            )
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise S2SDError(f"invalid --device {self.device!r}; choose one of: auto, cpu, cuda, cuda:N")
+        _check_run_name(self.run_name)
+        if Path(self.out_dir).exists() and not Path(self.out_dir).is_dir():
+            raise S2SDError(f"--out-dir {self.out_dir} is a file; run directories go into a folder")
 
     @property
     def classes_per_batch(self) -> int:
@@ -261,16 +322,62 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "configuration") -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        """A config from plain values (a TOML file, config.json, flags); unknown names and wrong types are refused."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
         if unknown:
-            raise S2SDError(f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise S2SDError(f"{source}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+        for name, value in values.items():
+            _check_type(fields[name], value, source)
         return cls(**values)
 
     def hash(self) -> str:
         """A short, stable fingerprint of the configuration (key order does not matter)."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _check_type(f: dataclasses.Field, value: Any, source: str) -> None:
+    kind = field_type(f)
+    items = value if kind is list and isinstance(value, list) else [value]
+    item_kind = int if kind is list else kind
+    valid = (value is None and type(None) in typing.get_args(typing.get_type_hints(TrainConfig)[f.name])) or (
+        (kind is not list or isinstance(value, list))
+        and all(
+            isinstance(item, item_kind) and not (item_kind in (int, float) and isinstance(item, bool)) for item in items
+        )
+    )
+    if item_kind is float and not valid:  # whole numbers are numbers too
+        valid = all(isinstance(item, (int, float)) and not isinstance(item, bool) for item in items)
+    if not valid:
+        word = "a torchvision weights name such as IMAGENET1K_V1" if f.name == "pretrained" else TYPE_WORDS[kind]
+        raise S2SDError(f"{source}: {f.name} must be {word}, got {value!r}")
+
+
+def _check_range(name: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise S2SDError(f"{flag(name)} must be a finite number, got {value}")
+    for bounds, holds, word in (
+        (AT_LEAST, lambda v, b: v >= b, "at least"),
+        (ABOVE, lambda v, b: v > b, "above"),
+        (AT_MOST, lambda v, b: v <= b, "at most"),
+        (BELOW, lambda v, b: v < b, "below"),
+    ):
+        if name in bounds and not holds(value, bounds[name]):
+            raise S2SDError(f"{flag(name)} must be {word} {bounds[name]}, got {value}")
+
+
+def _check_run_name(name: str | None) -> None:
+    """A run name is one path component, so a run can never be written outside --out-dir."""
+    if name is None:
+        return
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise S2SDError(
+            f"--run-name {name!r} must be one folder name (no '/', not '.' or '..'); "
+            f"use --out-dir to choose where runs go"
+        )
 
 
 def flag(name: str) -> str:
@@ -314,7 +421,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise S2SDError(f"config file not found: {path}")
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise S2SDError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise S2SDError(f"{path} is not valid TOML: {error}") from None
     # Recipes may group options in tables ([data], [model], ...); flatten them.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import S2SDError
-from ..serving.images import IMAGE_SUFFIXES
+from ..serving.images import IMAGE_SUFFIXES, open_image
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def load_cars196_splits(root: Path) -> tuple[ImageSet, ImageSet]:
             )
         return _split_by_class(paths, classes, set(range(1, 99)), root)
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    return _folder_splits(root, class_dirs, len(class_dirs) // 2, layout)
+    return _folder_splits(root, class_dirs, (len(class_dirs) + 1) // 2, layout)
 
 
 def load_sop_splits(root: Path) -> tuple[ImageSet, ImageSet]:
@@ -133,6 +134,9 @@ def load_sop_splits(root: Path) -> tuple[ImageSet, ImageSet]:
         rows = [line.split() for line in listing.read_text().splitlines()[1:] if line.strip()]
         if any(len(row) != 4 for row in rows):
             raise S2SDError(f"{listing}: expected 4 columns per line (image_id class_id super_class_id path)")
+        absolute = next((row[3] for row in rows if Path(row[3]).is_absolute() or ".." in Path(row[3]).parts), None)
+        if absolute:
+            raise S2SDError(f"{listing}: image paths must be relative to {base}, got {absolute}")
         paths = [base / row[3] for row in rows]
         missing = [p for p in paths if not p.is_file()]
         if missing:
@@ -152,6 +156,12 @@ def load_imagefolder_splits(root: Path) -> tuple[ImageSet, ImageSet]:
 
 
 def _folder_splits(root: Path, class_dirs: list[Path], num_train: int, layout: str) -> tuple[ImageSet, ImageSet]:
+    """Classes are the folders with images: empty ones are ignored (and said so), so they cannot shift the split."""
+    empty = [d for d in class_dirs if not _image_files(d)]
+    if empty:
+        log.warning("ignoring %d class folder(s) without images under %s, e.g. %s", len(empty), root, empty[0].name)
+        class_dirs = [d for d in class_dirs if d not in empty]
+        num_train = (len(class_dirs) + 1) // 2
     if len(class_dirs) < 2:
         raise S2SDError(f"{root} has {len(class_dirs)} class folder(s); expected layout: {layout}")
     paths, classes = [], []
@@ -185,6 +195,12 @@ def load_splits(dataset: str, data_root: str | None = None, skip_bad_images: boo
     splits = LOADERS[dataset](Path(data_root).expanduser())
     if skip_bad_images:
         splits = tuple(drop_bad_images(s) for s in splits)
+    for name, split in zip(("training", "test"), splits):
+        if split.num_classes < 2:
+            raise S2SDError(
+                f"the {name} split of {data_root} has {split.num_classes} class(es) with images; "
+                f"retrieval needs at least 2: check the dataset's folders"
+            )
     return splits
 
 
@@ -216,11 +232,10 @@ def drop_bad_images(images: ImageSet) -> ImageSet:
     good = []
     for index, source in enumerate(images.sources):
         try:
-            with Image.open(source) as image:
-                image.convert("RGB")
+            open_image(source)
             good.append(index)
-        except (OSError, SyntaxError, ValueError):
-            log.warning("skipping undecodable image %s", source)
+        except S2SDError as error:
+            log.warning("skipping %s", error)
     skipped = len(images) - len(good)
     if skipped:
         log.warning("skipped %d undecodable image(s) of %d", skipped, len(images))
@@ -237,6 +252,7 @@ def fingerprint(train: ImageSet, test: ImageSet) -> str:
             if isinstance(source, Image.Image):
                 digest.update(source.tobytes())
             else:
-                digest.update(str(Path(source).relative_to(split.root) if split.root else source).encode())
+                # File names need not be valid UTF-8: hash their bytes as the file system holds them.
+                digest.update(os.fsencode(Path(source).relative_to(split.root) if split.root else source))
             digest.update(str(label).encode())
     return digest.hexdigest()[:16]

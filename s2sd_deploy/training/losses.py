@@ -255,23 +255,15 @@ def build_criterion(cfg, num_classes: int) -> nn.Module:
 
 
 # --- S2SD -----------------------------------------------------------------------------------------
-def relational_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``(T^2 / B) sum_i KL(softmax(S_t[i]/T) || softmax(S_s[i]/T))`` of two (B, D) embedding sets.
-
-    The teacher side is detached: this term trains only the student. Rows are normalised here,
-    so the same function serves embeddings and raw features.
-    """
-    student = F.normalize(student, dim=-1)
-    return kl_to_teacher(similarity_log_softmax(student, temperature), F.normalize(teacher, dim=-1), temperature)
-
-
 def similarity_log_softmax(unit_rows: torch.Tensor, temperature: float) -> torch.Tensor:
     """Row-wise log-softmax of the (B, B) cosine similarities of unit rows, divided by T."""
     return F.log_softmax(unit_rows @ unit_rows.T / temperature, dim=1)
 
 
 def kl_to_teacher(student_log_probs: torch.Tensor, teacher_unit_rows: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The relational KL of :func:`relational_kl` from the student's precomputed similarity log-softmax."""
+    """``(T^2 / B) sum_i KL(softmax(S_t[i]/T) || softmax(S_s[i]/T))`` from the student's similarity log-softmax
+    (:func:`similarity_log_softmax`) and the teacher's unit rows (B, D). The teacher side is detached: this term
+    trains only the student."""
     teacher_log_probs = similarity_log_softmax(teacher_unit_rows.detach(), temperature)
     kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="sum", log_target=True)
     return kl * temperature**2 / student_log_probs.shape[0]

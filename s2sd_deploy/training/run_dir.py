@@ -12,7 +12,10 @@ JSON in the file's metadata, so nothing is ever unpickled.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import os
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -23,11 +26,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .. import __version__
-from ..atomic_files import atomic_path, read_json, write_json_atomic, write_text_atomic
+from ..atomic_files import atomic_path, read_json, remove_temporary_files, write_json_atomic, write_text_atomic
 from ..errors import S2SDError
 from ..plots import pyplot, save_figure
 from .config import TrainConfig, migrate_v1
 from .model import EmbeddingModel, build_model
+
+log = logging.getLogger(__name__)
 
 RUN_FORMAT = "s2sd-run/2"
 OLD_FORMATS = {"s2sd-run/1": migrate_v1}  # format -> migration of its config to today's fields
@@ -39,10 +44,11 @@ BEST, LAST = "best.safetensors", "last.safetensors"
 class RunDir:
     """One run directory. ``RunDir(path)`` names it; reading validates it and says what is wrong."""
 
-    CONFIG, METRICS, SUMMARY, CURVES = "config.json", "metrics.jsonl", "summary.json", "curves.png"
+    CONFIG, METRICS, SUMMARY, CURVES, LOCK = "config.json", "metrics.jsonl", "summary.json", "curves.png", ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -62,6 +68,57 @@ class RunDir:
         runs_dir = Path(runs_dir)
         finished = [p.parent for p in runs_dir.glob(f"*/{RunDir.SUMMARY}")] if runs_dir.is_dir() else []
         return RunDir(max(finished, key=lambda p: (p / RunDir.SUMMARY).stat().st_mtime)) if finished else None
+
+    # --- claiming a run for one training process ------------------------------------------------------
+    def claim(self) -> None:
+        """Lock the run for this process (the lock dies with it, even when killed) and clear what interrupted
+        writes left; another process that holds the run makes this a clear error instead of a silent overwrite."""
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / self.LOCK, "a+")  # held, not closed, until the process ends
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise S2SDError(
+                f"{self.path} is in use by another s2sd train (pid {owner}); wait for it to finish, "
+                f"or choose another --run-name"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+        for leftover in remove_temporary_files(self.path):
+            log.info("removed %s, left by an interrupted write", leftover)
+
+    def discard(self) -> None:
+        """Remove a run that failed before its first epoch: its files, its lock, and the folders it created."""
+        self.clear()
+        self.release()
+        (self.path / self.LOCK).unlink(missing_ok=True)
+        for folder in getattr(self, "_created", []):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
+    def release(self) -> None:
+        """Give the run back (training ended); a killed process releases it by dying."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    @property
+    def has_completed_epoch(self) -> bool:
+        return (self.path / LAST).is_file()
+
+    def clear(self) -> None:
+        """Delete what a run that never completed an epoch wrote, so it can start over (the lock stays)."""
+        for name in (self.CONFIG, self.METRICS, self.SUMMARY, self.CURVES, BEST, LAST):
+            (self.path / name).unlink(missing_ok=True)
+        for name in ("_config_file", "config", "meta"):
+            self.__dict__.pop(name, None)
 
     # --- config.json ---------------------------------------------------------------------------
     def write_config(self, cfg: TrainConfig, provenance: dict[str, Any]) -> None:
@@ -188,13 +245,22 @@ class RunDir:
         selection.setdefault("epoch", checkpoint["training_state"].get("state", {}).get("epoch"))
         # The checkpoint holds every weight: do not download or read the initial ones again.
         model = build_model(replace(self.config, pretrained=None, weights=None))
-        missing, unexpected = model.load_state_dict(checkpoint["model"], strict=False)
-        if missing or unexpected:
-            raise S2SDError(
-                f"{path} does not match {self.path / self.CONFIG} (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}): it belongs to another run or model"
-            )
+        load_matching(model, checkpoint["model"], path, self.path / self.CONFIG)
         return model.eval(), selection
+
+
+def load_matching(module: torch.nn.Module, state: dict, path: Path, config_path: Path, strict: bool = False) -> None:
+    """``module.load_state_dict(state)``, with an error naming the file when the shapes or names differ."""
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=strict)
+    except RuntimeError as error:  # size mismatches, or any mismatch when strict
+        detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise S2SDError(f"{path} does not match {config_path} ({detail}): it belongs to another run or model") from None
+    if missing or unexpected:
+        raise S2SDError(
+            f"{path} does not match {config_path} (missing {missing[:3]}, unexpected {unexpected[:3]}): "
+            f"it belongs to another run or model"
+        )
 
 
 # --- the checkpoint file format ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ import logging
 import os
 import resource
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +21,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..errors import MissingDependencyError, S2SDError, TrainingDiverged
+from ..errors import Interrupted, MissingDependencyError, S2SDError, TrainingDiverged
 from .config import TrainConfig
 from .datasets import fingerprint, load_splits, splits_for
 from .distributed import init_distributed, select_device, shutdown_distributed
@@ -30,7 +30,7 @@ from .loading import LabelledImages, train_transform
 from .losses import S2SDLoss, build_loss
 from .model import EmbeddingModel, build_model
 from .optim import build_optimizer, set_epoch_lr
-from .run_dir import BEST, LAST, RunDir
+from .run_dir import BEST, LAST, RunDir, load_matching
 from .sampler import ClassBatchSampler
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,24 @@ def seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 100_003 + epoch)
 
 
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def new_run_dir(cfg: TrainConfig) -> RunDir:
+    """Claim the run's folder for this process; a run that never completed an epoch is replaced."""
     name = cfg.run_name or f"{cfg.dataset}-{cfg.variant if cfg.s2sd else 'baseline'}-{datetime.now():%Y%m%d-%H%M%S}"
     run = RunDir(Path(cfg.out_dir) / name)
+    if not is_main_process():  # rank 0 claims and writes
+        return run
+    run.claim()
     if (run.path / RunDir.CONFIG).exists():
-        raise S2SDError(
-            f"{run.path} already holds a run; pass --resume {run.path} to continue it, or another --run-name"
-        )
+        if run.has_completed_epoch:
+            raise S2SDError(
+                f"{run.path} already holds a run; pass --resume {run.path} to continue it, or another --run-name"
+            )
+        log.warning("replacing %s: it stopped before completing an epoch", run.path)
+        run.clear()
     return run
 
 
@@ -61,13 +72,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, run: RunDir, resume: bool = False):
         self.cfg, self.run = cfg, run
-        self.started = time.time()
-        self.device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        if cfg.amp and self.device.type != "cuda":
-            raise MissingDependencyError(
-                f"--amp needs a CUDA GPU (mixed precision runs on the GPU only); "
-                f"this run is on {self.device}: drop --amp"
-            )
+        self.started = time.time()  # moved back by the time earlier sessions of a resumed run took
+        self.device = check_machine(cfg)
         self.dist = init_distributed(self.device.type == "cuda")
         self.train_set, self.test_set = splits_for(cfg)
         torch.manual_seed(cfg.seed)
@@ -85,7 +91,7 @@ class Trainer:
         )
         self.amp = cfg.amp
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.state = {"epoch": 0, "global_step": 0, "best_recall": -1.0, "best_epoch": None}
+        self.state = {"epoch": 0, "global_step": 0, "best_recall": -1.0, "best_epoch": None, "elapsed_s": 0.0}
         self.history: list[dict] = []
         self._report_data()
         if resume:
@@ -122,15 +128,34 @@ class Trainer:
 
     def _load_last(self) -> None:
         checkpoint = self.run.load_checkpoint(LAST)
-        self.model.load_state_dict(checkpoint["model"])
-        self.loss.load_state_dict(checkpoint["criterion"])
+        config_path = self.run.path / RunDir.CONFIG
+        load_matching(self.model, checkpoint["model"], self.run.path / LAST, config_path, strict=True)
+        load_matching(self.loss, checkpoint["criterion"], self.run.path / LAST, config_path, strict=True)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.state.update(checkpoint["training_state"]["state"])
         if "scaler" in checkpoint["training_state"]:
             self.scaler.load_state_dict(checkpoint["training_state"]["scaler"])
+        self.started -= self.state.get("elapsed_s", 0.0)
         self.history = [row for row in self.run.metrics() if row["epoch"] <= self.state["epoch"]]
+        self._check_best()
         if self.dist.is_main:
             log.info("resuming %s after epoch %d", self.run.path, self.state["epoch"])
+
+    def _check_best(self) -> None:
+        """A damaged best.safetensors must not survive a resume that then reports success; a deleted one is
+        chosen again from the epochs still to come."""
+        if self.state["best_epoch"] is None:
+            return
+        if not (self.run.path / BEST).is_file():
+            log.warning("%s is missing: the best epoch is chosen again from the remaining epochs", BEST)
+            self.state.update(best_recall=-1.0, best_epoch=None)
+            return
+        try:
+            self.run.load_checkpoint(BEST)
+        except S2SDError as error:
+            raise S2SDError(
+                f"{error}; delete it to continue: the best epoch is then chosen again from the epochs still to come"
+            ) from None
 
     # --- loop ----------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -193,10 +218,14 @@ class Trainer:
         if self.dist.world_size > 1:  # every rank must stop together, or the others hang
             dist.all_reduce(bad)
         if bad.item():
+            kept = (
+                f"the last good checkpoint {self.run.path / LAST} is intact"
+                if self.run.has_completed_epoch
+                else "no epoch had completed, so there is no checkpoint"
+            )
             raise TrainingDiverged(
                 f"the loss became {loss.item()} at step {self.state['global_step']} (epoch {epoch + 1}, "
-                f"batch {batch_index + 1}); training stopped. The last good checkpoint "
-                f"{self.run.path / LAST} is intact; lower --lr or check the data"
+                f"batch {batch_index + 1}); training stopped: {kept}. Lower --lr or check the data"
             )
 
     def _should_evaluate(self, epoch: int) -> bool:
@@ -212,7 +241,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, row: dict) -> None:
         row["elapsed_s"] = round(time.time() - self.started, 2)
-        self.state["epoch"] = epoch + 1
+        self.state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"])
         self.history.append(row)
         improved = row.get("recall@1", -1.0) > self.state["best_recall"]
         if improved:
@@ -225,7 +254,7 @@ class Trainer:
                 )
 
     def _write_epoch(self, improved: bool) -> None:
-        self.run.write_metrics(self.history)
+        """Checkpoints first, then the metrics: metrics.jsonl never lists an epoch whose weights are not saved."""
         checkpoint = dict(
             model_state=self.model.state_dict(),
             criterion_state=self.loss.state_dict(),
@@ -235,6 +264,7 @@ class Trainer:
         self.run.save_checkpoint(LAST, **checkpoint)
         if improved:
             self.run.save_checkpoint(BEST, **checkpoint)
+        self.run.write_metrics(self.history)
 
     def _finish(self) -> dict:
         evaluated = [row for row in self.history if "recall@1" in row]
@@ -249,7 +279,7 @@ class Trainer:
             "final": _metrics_only(evaluated[-1]) if evaluated else {},
             ("best_validation_epoch" if validated else "best_test_epoch_paper_protocol"): best_record,
             "shipped": self._shipped(validated),
-            "wall_time_s": round(time.time() - self.started, 2),
+            "wall_time_s": round(time.time() - self.started, 2),  # every session of a resumed run
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "device": str(self.device),
             "world_size": self.dist.world_size,
@@ -291,24 +321,63 @@ def _metrics_only(row: dict) -> dict:
 
 def train(cfg: TrainConfig) -> dict:
     """Train a new run from a resolved config; returns the summary (also in summary.json)."""
+    check_machine(cfg)
     run = new_run_dir(cfg)
-    try:
-        return Trainer(cfg, run).fit()
-    finally:
-        shutdown_distributed()
+    with stopping(run):
+        try:
+            trainer = Trainer(cfg, run)
+        except BaseException:  # bad data, Ctrl-C, ...: nothing worth keeping was written yet
+            if is_main_process() and not run.has_completed_epoch:
+                run.discard()
+            raise
+        return trainer.fit()
+
+
+def check_machine(cfg: TrainConfig) -> torch.device:
+    """Refuse a device this machine lacks before anything is written."""
+    device = select_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if cfg.amp and device.type != "cuda":
+        raise MissingDependencyError(
+            f"--amp needs a CUDA GPU (mixed precision runs on the GPU only); this run is on {device}: drop --amp"
+        )
+    return device
 
 
 def resume(run_dir: str | Path, epochs: int | None = None) -> dict:
-    """Continue a run after its last complete epoch (optionally to a new epoch count)."""
+    """Continue a run after its last complete epoch (optionally to a new epoch count); a run that never
+    completed an epoch starts over with its own configuration."""
     run = RunDir.open(run_dir)
-    if not (run.path / LAST).is_file():
-        raise S2SDError(f"{run.path} has no {LAST}: no epoch completed, start the run again")
+    if is_main_process():
+        run.claim()
     cfg = run.config
+    completed = run.load_checkpoint(LAST)["training_state"]["state"]["epoch"] if run.has_completed_epoch else 0
+    if epochs is not None and epochs < completed:
+        raise S2SDError(
+            f"--epochs {epochs} is below the {completed} epochs {run.path} has completed; "
+            f"pass --epochs {completed} or more"
+        )
     if epochs is not None and epochs != cfg.epochs:
         cfg = replace(cfg, epochs=epochs)
-        if int(os.environ.get("RANK", "0")) == 0:  # the folder must keep describing the run
+        if is_main_process():  # the folder must keep describing the run
             run.set_epochs(epochs)
+    if not completed:
+        log.warning("%s completed no epoch before it stopped: starting it over", run.path)
+    with stopping(run):
+        return Trainer(cfg, run, resume=bool(completed)).fit()
+
+
+@contextmanager
+def stopping(run: RunDir):
+    """Leave the process group on the way out, and turn Ctrl-C into a message that says how to continue."""
     try:
-        return Trainer(cfg, run, resume=True).fit()
+        yield
+    except KeyboardInterrupt:
+        saved = (
+            f"every completed epoch is saved; continue with: s2sd train --resume {run.path}"
+            if run.has_completed_epoch
+            else f"no epoch had completed; s2sd train --resume {run.path} starts over"
+        )
+        raise Interrupted(f"interrupted: {saved}") from None
     finally:
+        run.release()
         shutdown_distributed()
