@@ -7,10 +7,10 @@ BIN := $(VENV)/bin
 
 $(BIN)/s2sd-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[cpu,dev]'
+	$(BIN)/pip install -e '.[train,cpu,milvus,dev]'
 	touch $@
 
-demo: $(BIN)/s2sd-installed  ## set up, then train S2SD on the bundled digits
+demo: $(BIN)/s2sd-installed  ## set up, then train S2SD on the bundled glyphs
 	$(BIN)/s2sd train
 
 test: $(BIN)/s2sd-installed  ## set up, then run the test suite

@@ -32,10 +32,12 @@ def recall_at_k(neighbour_labels: np.ndarray, labels: np.ndarray, ks: list[int])
     return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def map_at_r(neighbour_labels: np.ndarray, labels: np.ndarray) -> float:
-    """mAP@R (Musgrave et al. 2020): R = number of other items of the query's class."""
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    r = counts[inverse] - 1  # (N,)
+def map_at_r(neighbour_labels: np.ndarray, labels: np.ndarray, r: np.ndarray | None = None) -> float:
+    """mAP@R (Musgrave et al. 2020). R is the number of relevant items of each query: by default the other items
+    of its class (leave-one-out), or given (``r`` (N,), e.g. gallery items of the class)."""
+    if r is None:
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        r = counts[inverse] - 1  # (N,)
     max_r = neighbour_labels.shape[1]
     ranks = np.arange(1, max_r + 1)
     hits = (neighbour_labels == labels[:, None]) & (ranks[None, :] <= r[:, None])
@@ -49,16 +51,34 @@ def nmi(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """NMI between k-means clusters (k = number of classes) and the labels."""
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     num_classes = len(np.unique(labels))
-    kmeans = faiss.Kmeans(embeddings.shape[1], num_classes, niter=50, seed=seed, verbose=False)
+    # min_points_per_centroid=1: faiss otherwise warns ("please provide at least N training points") at every
+    # evaluation of a split with few images per class, which is the usual case in retrieval benchmarks.
+    kmeans = faiss.Kmeans(
+        embeddings.shape[1], num_classes, niter=50, seed=seed, verbose=False, min_points_per_centroid=1
+    )
     kmeans.train(embeddings)
     _, clusters = kmeans.index.search(embeddings, 1)
-    from sklearn.metrics import normalized_mutual_info_score
+    return normalized_mutual_information(np.asarray(labels), clusters[:, 0])
 
-    return float(normalized_mutual_info_score(labels, clusters[:, 0]))
+
+def normalized_mutual_information(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """I(labels; clusters) / mean(H(labels), H(clusters)) (scikit-learn's default normalisation), from the
+    contingency table: numpy only, so evaluation needs no scikit-learn on a serving machine."""
+    _, label_ids = np.unique(labels, return_inverse=True)
+    _, cluster_ids = np.unique(clusters, return_inverse=True)
+    table = np.zeros((label_ids.max() + 1, cluster_ids.max() + 1))
+    np.add.at(table, (label_ids, cluster_ids), 1)
+    joint = table / table.sum()
+    p_label, p_cluster = joint.sum(1), joint.sum(0)
+    nonzero = joint > 0
+    mutual = (joint[nonzero] * np.log(joint[nonzero] / np.outer(p_label, p_cluster)[nonzero])).sum()
+    entropy = [-(p[p > 0] * np.log(p[p > 0])).sum() for p in (p_label, p_cluster)]
+    denominator = np.mean(entropy)
+    return float(mutual / denominator) if denominator > 0 else 1.0
 
 
 def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
-    """All metrics of one embedding set: ``recall@k``, ``nmi``, ``map@r``."""
+    """All metrics of one embedding set, each item a query against the others: ``recall@k``, ``nmi``, ``map@r``."""
     labels = np.asarray(labels)
     max_r = int(np.unique(labels, return_counts=True)[1].max()) - 1
     neighbours = nearest_neighbours(embeddings, max(max(recall_ks), max_r, 1))
@@ -66,6 +86,30 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, recall_ks=(1
     results = {f"recall@{k}": v for k, v in recall_at_k(neighbour_labels, labels, list(recall_ks)).items()}
     results["nmi"] = nmi(embeddings, labels)
     results["map@r"] = map_at_r(neighbour_labels, labels)
+    return results
+
+
+def evaluate_query_gallery(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray,
+    gallery_labels: np.ndarray,
+    recall_ks=(1, 2, 4, 8),
+) -> dict[str, float]:
+    """Queries against a separate gallery: ``recall@k``, ``map@r`` (R: gallery items of the query's class) and
+    ``nmi`` of k-means over queries and gallery together."""
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    classes, counts = np.unique(gallery_labels, return_counts=True)
+    r = np.zeros(len(query_labels), dtype=int)
+    known = np.isin(query_labels, classes)
+    r[known] = counts[np.searchsorted(classes, query_labels[known])]
+    k = min(len(gallery_labels), max(max(recall_ks), int(r.max(initial=1))))
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
+    neighbour_labels = gallery_labels[index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]]
+    results = {f"recall@{k}": v for k, v in recall_at_k(neighbour_labels, query_labels, list(recall_ks)).items()}
+    results["nmi"] = nmi(np.concatenate([queries, gallery]), np.concatenate([query_labels, gallery_labels]))
+    results["map@r"] = map_at_r(neighbour_labels, query_labels, r)
     return results
 
 

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -443,6 +444,65 @@ CASES = [
         "run directory not found",
         no_output=["{tmp}/b/results.json"],
     ),
+    # --- index, search, eval -----------------------------------------------------------------------------------
+    Case(
+        "index: unknown kind",
+        ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/i", "--index", "annoy"],
+        "invalid --index 'annoy'; choose one of",
+        no_output=["{tmp}/i"],
+    ),
+    Case(
+        "index: recall above 1",
+        ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/i", "--min-recall", "2"],
+        "--min-recall must be above 0 and at most 1",
+    ),
+    Case(
+        "index: milvus without uri",
+        ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/i", "--backend", "milvus"],
+        "--backend milvus needs --uri",
+    ),
+    Case(
+        "index: out is a file",
+        ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/afile"],
+        "--out {tmp}/afile is a file",
+        setup=a_file("afile"),
+    ),
+    Case(
+        "index: model is not ONNX",
+        ["index", "build", "{images}", "--model", "{tmp}/afile", "--out", "{tmp}/i"],
+        "is not a loadable ONNX model",
+        setup=a_file("afile"),
+        no_output=["{tmp}/i/manifest.json"],
+    ),
+    Case(
+        "index: too small for IVF-PQ",
+        ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/i", "--index", "ivf-pq"],
+        "ivf-pq needs at least 1000 vectors",
+        no_output=["{tmp}/i/manifest.json"],
+    ),
+    Case("index: add to a missing index", ["index", "add", "{tmp}/none", "{images}"], "index not found"),
+    Case("index: merge nothing", ["index", "merge", "{tmp}/m"], "Missing argument"),
+    Case("search: missing index", ["search", "{tmp}/none", "{images}"], "index not found"),
+    Case("search: a folder that is not an index", ["search", "{tmp}", "{images}"], "it is not an s2sd index"),
+    Case("search: k 0", ["search", "{index}", "{images}", "--k", "0"], "Invalid value for '--k'"),
+    Case(
+        "search: rerank below k",
+        ["search", "{index}", "{images}", "--k", "5", "--rerank", "3"],
+        "--rerank 3 must be at least --k 5",
+    ),
+    Case(
+        "search: rerank without a teacher",
+        ["search", "{student_index}", "{images}", "--rerank", "10"],
+        "has no teacher vectors",
+    ),
+    Case("eval: no data", ["eval", "{model}"], "pass either --data-root, or both --query-root and --gallery-root"),
+    Case(
+        "eval: one class",
+        ["eval", "{model}", "--data-root", "{tmp}/one"],
+        "has 1 class folder(s) with images",
+        setup=lambda tmp, fixtures: image(tmp / "one" / "only" / "a.png"),
+    ),
+    Case("eval: out is a folder", ["eval", "{model}", "--data-root", "{tmp}", "--out", "{tmp}"], "is a folder"),
     # --- report ------------------------------------------------------------------------------------------------
     Case("report: missing run", ["report", "{tmp}/nope"], "run directory not found"),
     Case("report: unfinished run", ["report", "{tmp}/run"], "has not finished", setup=unfinished_run),
@@ -452,6 +512,10 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def fixtures(trained_run, exported_model, tmp_path_factory):
+    from s2sd_deploy.deploy.config import ExportConfig
+    from s2sd_deploy.deploy.export import export_run
+    from s2sd_deploy.serving.index_config import IndexConfig
+    from s2sd_deploy.serving.indexing import build_index
     from s2sd_deploy.training.config import build_train_config
     from s2sd_deploy.training.trainer import train
 
@@ -462,7 +526,20 @@ def fixtures(trained_run, exported_model, tmp_path_factory):
     images = tmp_path_factory.mktemp("images")
     for i in range(3):
         image(images / f"{i}.png", seed=i)
-    return {"run": trained_run, "model": exported_model, "images": images, "baseline": out / "baseline"}
+    indexes = tmp_path_factory.mktemp("indexes")
+    build_index([images], exported_model, indexes / "index", IndexConfig(index="flat"))
+    student_only = indexes / "student.onnx"
+    export_run(ExportConfig(run=str(trained_run), out=str(indexes / "student-export"), verify_limit=8))
+    shutil.copy(indexes / "student-export" / "model.onnx", student_only)
+    build_index([images], student_only, indexes / "student-index", IndexConfig(index="flat"))
+    return {
+        "run": trained_run,
+        "model": exported_model,
+        "images": images,
+        "baseline": out / "baseline",
+        "index": indexes / "index",
+        "student_index": indexes / "student-index",
+    }
 
 
 def fill(text: str, values: dict) -> str:
@@ -475,14 +552,39 @@ def test_the_battery_is_large():
     assert len(CASES) >= 60 and len({case.name for case in CASES}) == len(CASES)
 
 
+@dataclass
+class Outcome:
+    tmp: Path
+    values: dict
+    before: list[Path]
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="module")
+def outcomes(fixtures, tmp_path_factory) -> dict[str, Outcome]:
+    """Every case run through the console script, several at a time: each is its own process, and most spend
+    their time importing, so running them side by side keeps the battery cheap on 2 cores."""
+    prepared = {}
+    for case in CASES:
+        tmp = tmp_path_factory.mktemp("case")
+        if case.setup:
+            case.setup(tmp, fixtures)
+        values = {**fixtures, "tmp": tmp}
+        prepared[case.name] = (tmp, values, sorted(tmp.rglob("*")), [fill(arg, values) for arg in case.args])
+
+    def run(name):
+        tmp, values, before, args = prepared[name]
+        result = subprocess.run([S2SD, *args], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp)
+        return name, Outcome(tmp, values, before, result)
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(pool.map(run, prepared))
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
-def test_bad_input_is_one_clear_line(case, fixtures, tmp_path):
-    if case.setup:
-        case.setup(tmp_path, fixtures)
-    values = {**fixtures, "tmp": tmp_path}
-    args = [fill(arg, values) for arg in case.args]
-    before = sorted(p for p in tmp_path.rglob("*"))
-    result = subprocess.run([S2SD, *args], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path)
+def test_bad_input_is_one_clear_line(case, outcomes):
+    outcome = outcomes[case.name]
+    result, values = outcome.result, outcome.values
     output = result.stdout + result.stderr
     assert result.returncode == case.code, output[-2000:]
     assert "Traceback" not in output, output[-3000:]
@@ -497,7 +599,7 @@ def test_bad_input_is_one_clear_line(case, fixtures, tmp_path):
         assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
     for path in case.no_output:
         assert not Path(fill(path, values)).exists(), f"{path} was written"
-    leftovers = [p for p in tmp_path.rglob("*.tmp") if p not in before]
+    leftovers = [p for p in outcome.tmp.rglob("*.tmp") if p not in outcome.before]
     assert not leftovers, leftovers
 
 

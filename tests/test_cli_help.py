@@ -29,7 +29,9 @@ def test_train_help_has_every_option_with_its_default():
     for f in dataclasses.fields(TrainConfig):
         assert flag(f.name) in text, f.name
         assert f"[default: ({default_text(f)})]" in text, f.name
-    assert "[default: (1e-05; digits 0.0001)]" in text  # the dataclass and the preset, not a hand-written copy
+    assert (
+        "[default: (1e-05; glyphs 0.001; digits 0.0001)]" in text
+    )  # the dataclass and the preset, not a hand-written copy
     assert set(DATASET_PRESETS["digits"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 

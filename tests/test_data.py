@@ -116,18 +116,18 @@ def test_digits_split():
 
 def test_validation_classes_are_held_out_of_training():
     train, test = load_digits_splits()
-    fit, validation = splits_for(build_train_config({"validation_classes": 2}))
+    fit, validation = splits_for(build_train_config({"dataset": "digits", "validation_classes": 2}))
     assert (fit.num_classes, validation.num_classes) == (3, 2)  # digits 0-2 train, 3-4 validate
     assert len(fit) + len(validation) == len(train)
     held = [i for i, label in enumerate(train.labels) if label >= 3]
     assert [validation.sources[j].tobytes() for j in range(len(held))] == [train.sources[i].tobytes() for i in held]
-    assert splits_for(build_train_config({}))[1].labels.tolist() == test.labels.tolist()
+    assert splits_for(build_train_config({"dataset": "digits"}))[1].labels.tolist() == test.labels.tolist()
 
 
 @pytest.mark.parametrize("count", [4, 5])
 def test_too_many_validation_classes_is_a_clear_error(count):
     with pytest.raises(S2SDError, match=f"--validation-classes {count}: the training split has 5 classes"):
-        splits_for(build_train_config({"validation_classes": count}))
+        splits_for(build_train_config({"dataset": "digits", "validation_classes": count}))
 
 
 def test_sampler_batches_are_balanced_and_deterministic():
@@ -233,3 +233,35 @@ def test_decompression_bombs_are_named_or_skipped(tmp_path):
         dataset[bomb]
     kept, _ = load_splits("imagefolder", str(tmp_path), skip_bad_images=True)
     assert len(kept) == len(train) - 1 and kept.skipped == 1
+
+
+def test_glyphs_is_the_default_and_bundled(monkeypatch, tmp_path):
+    cfg = build_train_config({})
+    assert (cfg.dataset, cfg.backbone, cfg.image_size, cfg.augmentation, cfg.data_root) == (
+        "glyphs",
+        "resnet18",
+        32,
+        "affine",
+        None,
+    )
+    train, test = load_splits("glyphs")
+    assert train.num_classes > 200 and test.num_classes >= 100 and len(train) > 4000
+    assert train.sources[0].mode == "RGB" and train.sources[0].size == (32, 32)
+    fit, validation = splits_for(build_train_config({"validation_classes": 50}))
+    assert (fit.num_classes, validation.num_classes) == (train.num_classes - 50, 50)
+
+
+def test_affine_augmentation_is_seeded_and_keeps_the_size():
+    import torch
+
+    from s2sd_deploy.training.loading import train_transform
+
+    cfg = build_train_config({})
+    image = load_splits("glyphs")[0].sources[0]
+    transform = train_transform(cfg)
+    torch.manual_seed(0)
+    first = [transform(image) for _ in range(4)]
+    torch.manual_seed(0)
+    again = [transform(image) for _ in range(4)]
+    assert all(a.shape == (3, 32, 32) and torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])  # augmented

@@ -62,3 +62,38 @@ def test_evaluate_embeddings_keys():
     result = evaluate_embeddings(x, labels, [1, 4])
     assert set(result) == {"recall@1", "recall@4", "nmi", "map@r"}
     assert all(0.0 <= v <= 1.0 for v in result.values())
+
+
+def test_nmi_formula_equals_scikit_learn():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from s2sd_deploy.metrics import normalized_mutual_information
+
+    rng = np.random.default_rng(0)
+    for classes, clusters in ((5, 5), (12, 7), (3, 9)):
+        labels, assigned = rng.integers(0, classes, 200), rng.integers(0, clusters, 200)
+        assert normalized_mutual_information(labels, assigned) == pytest.approx(
+            normalized_mutual_info_score(labels, assigned), abs=1e-12
+        )
+    assert normalized_mutual_information(np.arange(10) % 3, np.arange(10) % 3 + 7) == pytest.approx(1.0)
+
+
+def test_query_gallery_metrics_match_naive_loops():
+    from s2sd_deploy.metrics import evaluate_query_gallery
+
+    gallery, gallery_labels = _data(n=50, seed=2)
+    queries, query_labels = _data(n=20, seed=3)
+    result = evaluate_query_gallery(queries, query_labels, gallery, gallery_labels, [1, 4])
+    sims = queries @ gallery.T
+    ranking = [list(np.argsort(-row, kind="stable")) for row in sims]
+    for k in (1, 4):
+        expected = np.mean([any(gallery_labels[j] == query_labels[i] for j in ranking[i][:k]) for i in range(20)])
+        assert result[f"recall@{k}"] == pytest.approx(expected)
+    aps = []
+    for i in range(20):
+        r = int((gallery_labels == query_labels[i]).sum())
+        if r == 0:
+            continue
+        hits = [gallery_labels[j] == query_labels[i] for j in ranking[i][:r]]
+        aps.append(sum(np.mean(hits[: k + 1]) for k in range(r) if hits[k]) / r)
+    assert result["map@r"] == pytest.approx(np.mean(aps))

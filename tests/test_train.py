@@ -24,6 +24,9 @@ from s2sd_deploy.training.trainer import Trainer, resume, train
 
 # Small enough for seconds per epoch on one core: 16 px digits, 10 images per class and batch.
 FAST = [
+    "--dataset",
+    "digits",
+    "--no-eval-untrained",
     "--image-size",
     "16",
     "--resize-size",
@@ -40,6 +43,8 @@ FAST = [
     "5",
 ]
 FAST_DICT = dict(
+    dataset="digits",
+    eval_untrained=False,
     image_size=16,
     resize_size=18,
     batch_size=20,
@@ -85,7 +90,7 @@ def test_run_directory_contents(trained_run):
     assert summary["shipped"]["epoch"] == 1 and "last epoch" in summary["shipped"]["rule"]
     assert summary["best_test_epoch_paper_protocol"]["epoch"] == 1
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["epoch"] == 1 and "recall@1" in rows[0] and rows[0]["distill"] >= 0
+    assert rows[1]["epoch"] == 1 and "recall@1" in rows[1] and rows[1]["distill"] >= 0
 
 
 def _digest(path: Path) -> dict[str, str]:
@@ -341,3 +346,11 @@ def test_resume_with_more_epochs_extends_the_run(tmp_path):
         1,
         2,
     ]
+
+
+def test_the_untrained_network_is_epoch_0(trained_run):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1] and "loss" not in rows[0] and rows[0]["recall@1"] > 0
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert summary["untrained"]["recall@1"] == rows[0]["recall@1"]
+    assert summary["best_test_epoch_paper_protocol"]["epoch"] >= 1  # epoch 0 is reported, never chosen

@@ -1,56 +1,56 @@
-"""The S2SD ablation on the bundled digits: baseline, DSD, MSD, MSDF, MSDFA over seeds and dims.
+"""The S2SD ablation: baseline against S2SD variants, over seeds and student dimensions, every head evaluated.
 
-Every arm gets the same budget (epochs, batches, augmentation) and its own learning rate, chosen
-from the same grid on held-out training classes: train on digits 0-2, validate on 3-4, keep the lr
-with the best validation mAP@R averaged over the selection seeds (Recall@1 on two held-out classes
-saturates). The test digits 5-9 are only seen by the final runs. Runs already finished in the runs
+Every arm gets the same budget (the dataset preset's epochs, batches and augmentation) and its own learning
+rate, chosen from the same grid on validation classes held out of the training classes
+(``--validation-classes``): the test classes are only seen by the final runs, one per seed. Each final run
+is evaluated with every head it has (the student and each teacher), so the table says how far each
+student is from its own teachers, and how far the baseline is from both. Runs already finished in the runs
 folder are reused, so an interrupted ablation continues where it stopped.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic_files import write_json_atomic, write_text_atomic
+from ..atomic_files import read_json, write_json_atomic, write_text_atomic
 from ..plots import pyplot, save_figure
 from ..tables import markdown_table
-from ..training.datasets import splits_for
-from ..training.evaluation import evaluate_heads
 from ..training.run_dir import BEST, LAST, RunDir
 
-RUN_NAME = re.compile(r"d(?P<dim>\d+)-(?P<arm>\w+)-lr(?P<lr>[^-]+)-seed(?P<seed>\d+)")
 ARMS = {
     "baseline": {"s2sd": False},
     "dsd": {"variant": "dsd"},
     "msd": {"variant": "msd"},
     "msdf": {"variant": "msdf"},
     "msdfa": {"variant": "msdfa"},
+    # Probes of why an arm falls short: the same DSD with a tenth of the distillation weight, and with none
+    # (the teacher head and its criterion still train the backbone, the student's own loss still halved).
+    "dsd-w5": {"variant": "dsd", "distill_weight": 5.0},
+    "dsd-w0": {"variant": "dsd", "distill_weight": 0.0},
 }
+
+HEADS = "heads.json"  # per test run: Recall@1 / NMI / mAP@R of every head on the test classes
 
 
 @dataclass
 class AblationConfig:
     """Options of bench/ablation.py; saved with the results."""
 
-    dims: list[int] = field(default_factory=lambda: [8, 32])
+    dataset: str = "glyphs"
+    dims: list[int] = field(default_factory=lambda: [16, 64])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
-    epochs: int = 6  # same for every arm; ~11 steps per epoch on digits
-    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3])  # each arm picks its own from these
-    selection_seeds: list[int] = field(
-        default_factory=lambda: [0, 1, 2]
-    )  # with two, a third seed flipped two arms' choice
-    validation_classes: int = 2  # digits 3-4 validate the lr; 0-2 train
-    selection_batch_size: int = 48  # 3 classes x 16: every class the held-out split leaves
-    selection_metric: str = "map@r"
-    feature_delay: int = 30  # steps; the preset's 60 would start feature distillation late in 6 epochs
+    arms: list[str] = field(default_factory=lambda: ["baseline", "dsd", "msdfa"])
+    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])  # each arm picks its own from these
+    selection_seeds: list[int] = field(default_factory=lambda: [0])
+    validation_classes: int = 50  # held out of glyphs' 251 training classes to choose the lr
+    selection_metric: str = "recall@1"
+    epochs: int | None = None  # None: the dataset preset's
+    overrides: dict = field(default_factory=dict)  # other TrainConfig values for every run, e.g. {"batch_size": 48}
     out: str = "bench/results/ablation"
     runs_dir: str = "runs/ablation"
 
@@ -64,11 +64,10 @@ def run_ablation(cfg: AblationConfig, progress=print) -> dict:
         for arm in cfg.arms:
             for seed in cfg.seeds:
                 lr = chosen[(dim, arm)]
-                final = train_arm(cfg, dim, arm, seed, lr, validate=False)
-                records.append({"dim": dim, "arm": arm, "seed": seed, "lr": lr, **final})
-                progress(
-                    f"d{dim}-{arm}-seed{seed} (lr {lr:g}): Recall@1 {final['recall@1']:.4f} NMI {final['nmi']:.4f}"
-                )
+                heads = train_arm(cfg, dim, arm, seed, lr, validate=False)
+                records.append({"dim": dim, "arm": arm, "seed": seed, "lr": lr, "heads": heads})
+                student = heads[f"student-{dim}"]
+                progress(f"d{dim}-{arm}-seed{seed} (lr {lr:g}): student Recall@1 {student['recall@1']:.4f}")
     table = aggregate(records)
     for row in table:
         row["lr"] = chosen[(row["dim"], row["arm"])]
@@ -85,16 +84,8 @@ def choose_learning_rates(cfg: AblationConfig, progress=print) -> list[dict]:
             candidates = []
             for lr in cfg.lrs:
                 finals = [train_arm(cfg, dim, arm, seed, lr, validate=True) for seed in cfg.selection_seeds]
-                candidates.append(
-                    {
-                        "dim": dim,
-                        "arm": arm,
-                        "lr": lr,
-                        "seeds": len(finals),
-                        "chosen": False,
-                        **{f"val_{m}_mean": float(np.mean([f[m] for f in finals])) for m in ("map@r", "recall@1")},
-                    }
-                )
+                metrics = {f"val_{m}_mean": float(np.mean([f[m] for f in finals])) for m in ("map@r", "recall@1")}
+                candidates.append({"dim": dim, "arm": arm, "lr": lr, "seeds": len(finals), "chosen": False, **metrics})
             best = max(candidates, key=lambda row: row[f"val_{cfg.selection_metric}_mean"])
             best["chosen"] = True
             progress(
@@ -106,69 +97,105 @@ def choose_learning_rates(cfg: AblationConfig, progress=print) -> list[dict]:
 
 
 def train_arm(cfg: AblationConfig, dim: int, arm: str, seed: int, lr: float, validate: bool) -> dict:
-    """The final metrics of one run: read from its folder if it finished, resumed if it was interrupted
-    after an epoch, otherwise trained from the start."""
+    """One run, trained (or resumed, or read back when it finished before): the final validation metrics of
+    a selection run, or the test metrics of every head of a final run."""
     from ..training.config import build_train_config
     from ..training.trainer import resume, train
 
-    runs_dir = Path(cfg.runs_dir) / ("select" if validate else "test")
-    name = f"d{dim}-{arm}-lr{lr:g}-seed{seed}"
-    run_dir = runs_dir / name
+    run_dir = Path(cfg.runs_dir) / ("select" if validate else "test") / f"d{dim}-{arm}-lr{lr:g}-seed{seed}"
     if (run_dir / LAST).is_file() and not RunDir(run_dir).finished:
         resume(run_dir)
     elif not RunDir(run_dir).finished:
         shutil.rmtree(run_dir, ignore_errors=True)  # started, but no epoch finished: nothing to keep
         overrides = {
+            **cfg.overrides,
             **ARMS[arm],
+            "dataset": cfg.dataset,
             "embed_dim": dim,
             "seed": seed,
-            "epochs": cfg.epochs,
             "lr": lr,
-            "feature_delay": cfg.feature_delay,
-            "eval_every": cfg.epochs,
-            "out_dir": str(runs_dir),
-            "run_name": name,
+            "epochs": cfg.epochs,
+            "eval_untrained": False,
+            "out_dir": str(run_dir.parent),
+            "run_name": run_dir.name,
         }
+        overrides["eval_every"] = 1000  # only the last epoch: nothing is chosen from the curve
         if validate:
-            overrides |= {"validation_classes": cfg.validation_classes, "batch_size": cfg.selection_batch_size}
+            overrides["validation_classes"] = cfg.validation_classes
         train(build_train_config(overrides))
-    drop_checkpoints(run_dir, keep_best=not validate)
-    return RunDir(run_dir).summary()["final"]
+    if validate:
+        drop_checkpoints(run_dir)
+        return RunDir(run_dir).summary()["final"]
+    return test_heads(run_dir)
 
 
-def drop_checkpoints(run_dir: Path, keep_best: bool) -> None:
-    """Delete what a finished run no longer needs: its resume point, and for selection runs its weights.
-    Each checkpoint holds the model, teachers and Adam state (260 MB at resnet18), so keeping both for
-    all 140 runs filled 64 GB; test runs keep ``best`` for bench/ablation_heads.py."""
-    for name in (LAST,) if keep_best else (LAST, BEST):
+def test_heads(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Metrics of every head of a finished run on the test classes (kept in heads.json; then the weights go)."""
+    if not (run_dir / HEADS).is_file():
+        from ..training.datasets import splits_for
+        from ..training.evaluation import evaluate_heads
+
+        run = RunDir.open(run_dir)
+        model, _ = run.load_model("last")
+        _, test = splits_for(run.config)
+        write_json_atomic(run_dir / HEADS, evaluate_heads(model, test, run.config))
+    drop_checkpoints(run_dir)
+    return read_json(run_dir / HEADS)
+
+
+def drop_checkpoints(run_dir: Path) -> None:
+    """Delete the weights of a finished run whose numbers are recorded: each checkpoint holds the model, its
+    teachers and Adam's state (hundreds of MB at resnet18), and an ablation has dozens of runs."""
+    for name in (LAST, BEST):
         (run_dir / name).unlink(missing_ok=True)
 
 
-def aggregate(records: list[dict], metrics=("recall@1", "nmi")) -> list[dict]:
-    """Mean and (sample) standard deviation of each metric per (dim, arm), in input order."""
+def aggregate(records: list[dict]) -> list[dict]:
+    """Per (dim, arm), in input order: mean and sample std over seeds of every head's Recall@1, the student's NMI
+    and mAP@R, and the gap from the largest teacher to the student (paired per seed)."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault((record["dim"], record["arm"]), []).append(record)
     table = []
     for (dim, arm), members in groups.items():
+        student = f"student-{dim}"
         row = {"dim": dim, "arm": arm, "seeds": len(members)}
-        for metric in metrics:
-            values = np.array([m[metric] for m in members])
-            row[f"{metric}_mean"] = float(values.mean())
-            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        for name in members[0]["heads"]:
+            row[name] = mean_std([m["heads"][name]["recall@1"] for m in members])
+        for metric in ("nmi", "map@r"):
+            row[f"student {metric}"] = mean_std([m["heads"][student][metric] for m in members])
+        teachers = sorted((n for n in members[0]["heads"] if n.startswith("teacher-")), key=lambda n: int(n[8:]))
+        if teachers:
+            largest = teachers[-1]
+            row["gap"] = mean_std([m["heads"][largest]["recall@1"] - m["heads"][student]["recall@1"] for m in members])
+            row["largest_teacher"] = largest
         table.append(row)
     return table
 
 
+def mean_std(values: list[float]) -> dict[str, float]:
+    values = np.asarray(values, dtype=float)
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def percent(cell: dict | None) -> str:
+    return f"{100 * cell['mean']:.2f} ± {100 * cell['std']:.2f}" if cell else ""
+
+
 def markdown(results: dict, command: str) -> str:
+    cfg = results["config"]
+    table = results["table"]
+    heads = sorted({k for row in table for k in row if k.startswith("teacher-")}, key=lambda n: int(n[8:]))
     lines = [
-        "# S2SD ablation on the bundled digits",
+        f"# S2SD ablation on {cfg['dataset']}",
         "",
         f"Command: `{command}`",
         "",
-        f"Setting: {json.dumps(results['config'])}",
+        f"Setting: {json.dumps(cfg)}",
         "",
-        "## Test: unseen digits 5-9, each arm at its chosen lr",
+        "## Test classes: every head of the final runs, each arm at its chosen lr",
+        "",
+        "Recall@1 %, mean ± sample std over seeds. gap: largest teacher minus student, per seed.",
         "",
     ]
     rows = [
@@ -177,48 +204,71 @@ def markdown(results: dict, command: str) -> str:
             row["arm"],
             row.get("lr", ""),
             row["seeds"],
-            f"{100 * row['recall@1_mean']:.2f} ± {100 * row['recall@1_std']:.2f}",
-            f"{100 * row['nmi_mean']:.2f} ± {100 * row['nmi_std']:.2f}",
+            percent(row[f"student-{row['dim']}"]),
+            *[percent(row.get(h)) for h in heads],
+            percent(row.get("gap")),
+            percent(row["student nmi"]),
+            percent(row["student map@r"]),
         ]
-        for row in results["table"]
+        for row in table
     ]
-    lines.append(markdown_table(["dim", "arm", "lr", "seeds", "Recall@1 (mean ± std)", "NMI (mean ± std)"], rows))
-    if results.get("selection"):
-        lrs = sorted({row["lr"] for row in results["selection"]})
-        metric = results["config"].get("selection_metric", "map@r")
-        lines += [
-            "",
-            f"## Learning-rate choice: validation {metric} on held-out training digits 3-4 "
-            "(trained on 0-2; mean over selection seeds, chosen in bold)",
-            "",
-        ]
-        cells: dict[tuple, dict] = {}
-        for row in results["selection"]:
-            value = f"{100 * row[f'val_{metric}_mean']:.2f}"
-            cells.setdefault((row["dim"], row["arm"]), {})[row["lr"]] = f"**{value}**" if row["chosen"] else value
-        rows = [[dim, arm, *[by_lr.get(lr, "") for lr in lrs]] for (dim, arm), by_lr in cells.items()]
-        lines.append(markdown_table(["dim", "arm", *[f"lr {lr:g}" for lr in lrs]], rows))
+    lines.append(
+        markdown_table(["dim", "arm", "lr", "seeds", "student", *heads, "gap", "student NMI", "student mAP@R"], rows)
+    )
+    lines += [
+        "",
+        "## Learning-rate choice",
+        "",
+        f"Validation {cfg['selection_metric']} on the last "
+        f"{cfg['validation_classes']} training classes, held out (mean over selection seeds; chosen in bold).",
+        "",
+    ]
+    lrs = sorted({row["lr"] for row in results["selection"]})
+    cells: dict[tuple, dict] = {}
+    key = f"val_{cfg['selection_metric']}_mean"
+    for row in results["selection"]:
+        value = f"{100 * row[key]:.2f}"
+
+        cells.setdefault((row["dim"], row["arm"]), {})[row["lr"]] = f"**{value}**" if row["chosen"] else value
+    lines.append(
+        markdown_table(
+            ["dim", "arm", *[f"lr {lr:g}" for lr in lrs]],
+            [[dim, arm, *[by_lr.get(lr, "") for lr in lrs]] for (dim, arm), by_lr in cells.items()],
+        )
+    )
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict, path: Path) -> None:
+    """Student Recall@1 per arm and dim, with the largest teacher's beside it (mean ± std over seeds)."""
     plt = pyplot()
     dims = sorted({row["dim"] for row in results["table"]})
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("recall@1", "nmi")):
-        for offset, dim in enumerate(dims):
-            rows = [r for r in results["table"] if r["dim"] == dim]
-            x = np.arange(len(rows)) + 0.15 * (offset - (len(dims) - 1) / 2)
+    figure, axes = plt.subplots(1, len(dims), figsize=(5 * len(dims), 4), squeeze=False)
+    for axis, dim in zip(axes[0], dims):
+        rows = [r for r in results["table"] if r["dim"] == dim]
+        x = np.arange(len(rows))
+        student = [r[f"student-{dim}"] for r in rows]
+        axis.errorbar(
+            x - 0.1,
+            [s["mean"] for s in student],
+            yerr=[s["std"] for s in student],
+            fmt="o",
+            capsize=3,
+            label=f"student ({dim}-d)",
+        )
+        teacher = [r.get(r.get("largest_teacher", ""), None) for r in rows]
+        shown = [(i, t) for i, t in enumerate(teacher) if t]
+        if shown:
             axis.errorbar(
-                x,
-                [r[f"{metric}_mean"] for r in rows],
-                yerr=[r[f"{metric}_std"] for r in rows],
-                fmt="o",
+                [i + 0.1 for i, _ in shown],
+                [t["mean"] for _, t in shown],
+                yerr=[t["std"] for _, t in shown],
+                fmt="s",
                 capsize=3,
-                label=f"{dim}-d",
+                label="largest teacher",
             )
-            axis.set_xticks(np.arange(len(rows)), [r["arm"] for r in rows])
-        axis.set(title=f"{metric} on unseen digits 5-9 (mean ± std over seeds)", ylabel=metric)
+        axis.set_xticks(x, [r["arm"] for r in rows])
+        axis.set(title=f"{dim}-d student: Recall@1 on test classes", ylabel="Recall@1")
         axis.legend()
     save_figure(figure, path)
 
@@ -228,40 +278,3 @@ def write_ablation(results: dict, out: Path, command: str = "python bench/ablati
     write_json_atomic(out / "results.json", results)
     write_text_atomic(out / "results.md", markdown(results, results.get("command", command)))
     plot(results, out / "ablation.png")
-
-
-def heads_recall(runs_dir: Path) -> dict[str, dict[str, float]]:
-    """Run name -> head name -> test Recall@1, for every finished run under ``runs_dir``."""
-    results = {}
-    for run_dir in sorted(
-        p for p in runs_dir.iterdir() if RUN_NAME.fullmatch(p.name) and (p / "best.safetensors").exists()
-    ):
-        run = RunDir.open(run_dir)
-        model, _ = run.load_model("best")
-        _, test = splits_for(run.config)
-        results[run_dir.name] = {head: m["recall@1"] for head, m in evaluate_heads(model, test, run.config).items()}
-        print(run_dir.name, results[run_dir.name], flush=True)
-    return results
-
-
-def heads_markdown(results: dict[str, dict[str, float]], command: str) -> str:
-    grouped = defaultdict(lambda: defaultdict(list))  # (dim, arm, lr) -> head -> recalls over seeds
-    for name, heads in results.items():
-        match = RUN_NAME.fullmatch(name)
-        for head, recall in heads.items():
-            grouped[(int(match["dim"]), match["arm"], match["lr"])][head].append(recall)
-    lines = [
-        "# Student and teacher heads in the ablation's test runs",
-        "",
-        f"Command: `{command}`",
-        "",
-        "Recall@1 % on unseen digits 5-9, mean ± sample std over seeds (as in results.md).",
-        "",
-    ]
-    rows = [
-        [dim, arm, lr, head, f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}"]
-        for (dim, arm, lr), heads in sorted(grouped.items())
-        for head, values in heads.items()
-    ]
-    lines.append(markdown_table(["dim", "arm", "lr", "head", "Recall@1"], rows))
-    return "\n".join(lines) + "\n"

@@ -15,6 +15,8 @@ from ..gpu import require_faiss_gpu
 from ..training.run_dir import RunDir
 from .config import BenchConfig
 
+TEACHER_DIM = 2048  # the paper's largest teacher: what the student's cost is compared with
+
 
 class Deadline:
     """``--max-seconds``: parts check it and skip what no longer fits."""
@@ -33,18 +35,20 @@ class Deadline:
 
 # --- the whole command -------------------------------------------------------------------------
 def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
-    """All parts within ``cfg.max_seconds``; Ctrl-C returns what was measured so far."""
+    """The headline first (always), then the optional parts while ``cfg.max_seconds`` lasts; Ctrl-C returns what
+    was measured so far."""
     from .accuracy import accuracy_part
     from .encoder_cost import encoder_part
     from .machine import check_memory, machine_info, machine_limits
-    from .retrieval_cost import cascade_latency, contrast, fastest_kernels, retrieval_cost
+    from .retrieval_cost import cascade_latency, contrast, fastest_kernels, grid, headline
 
     cfg.validate()
     if cfg.device == "gpu":
         require_faiss_gpu("--device gpu")
     run = RunDir.open(cfg.run) if cfg.run else RunDir.latest()
     student_dim = run.config.embed_dim if run else 128
-    dims = cfg.dims or sorted({student_dim, 512, 1024, 2048})
+    dims = sorted(set(cfg.dims or [512, 1024, TEACHER_DIM]) | {student_dim})  # the student's row is always there
+    teacher_dim = max(dims)
     estimate = check_memory(cfg, dims)
     deadline = Deadline(cfg.max_seconds)
     results = {
@@ -52,21 +56,26 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
         "machine": machine_info(),
         "memory_estimate_bytes": estimate,
         "student_dim": student_dim,
+        "teacher_dim": teacher_dim,
         "dims": dims,
         "notes": [],
         "interrupted": False,
     }
-    retrieval_deadline = Deadline(0.5 * cfg.max_seconds)  # half the budget for the cost grid, so the
-    try:  # accuracy and encoder parts always get their turn
+    try:
         results["machine_limits"] = machine_limits()
-        results["retrieval"] = retrieval_cost(cfg, dims, retrieval_deadline, progress)
-        results["contrast"] = contrast(results["retrieval"], student_dim, results["machine_limits"])
-        results["cascade_latency"] = cascade_latency(
-            cfg, student_dim, max(dims), max(cfg.gallery_sizes), deadline, fastest_kernels(results["retrieval"])
-        )
-        if run:
+        results["retrieval"] = headline(cfg, student_dim, teacher_dim, progress)
+        done = {(r["gallery"], r["dim"]) for r in results["retrieval"]}
+        if not deadline.passed:
+            results["cascade_latency"] = cascade_latency(
+                cfg, student_dim, teacher_dim, max(cfg.gallery_sizes), deadline, fastest_kernels(results["retrieval"])
+            )
+        else:
+            deadline.skip("cascade latency")
+        if run and not deadline.passed:
             progress(f"accuracy: embedding the test split of {run.path}")
             results["accuracy"] = accuracy_part(run, cfg)
+        elif run:
+            deadline.skip("accuracy of the run's heads")
         else:
             results["notes"].append(
                 "no trained run found under runs/: train one with `s2sd train`, then "
@@ -74,8 +83,11 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
             )
         if cfg.encoder:
             results["encoder"] = encoder_part(run, deadline, progress)
+        results["retrieval"] += grid(cfg, dims, deadline, done, progress)
     except KeyboardInterrupt:
         results["interrupted"] = True
         results["notes"].append("interrupted with Ctrl-C: the results are those measured before")
-    results["notes"] += retrieval_deadline.skipped + deadline.skipped
+    if "retrieval" in results:
+        results["contrast"] = contrast(results["retrieval"], student_dim, results["machine_limits"])
+    results["notes"] += deadline.skipped
     return results

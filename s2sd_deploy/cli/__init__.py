@@ -16,7 +16,10 @@ import sys
 import typer
 
 from ..errors import S2SDError
-from . import bench, embed, export, report, train
+from . import bench, embed, eval, export, index, report, search, train
+
+# Installed by the `train` extra only: a serving install (`s2sd-deploy[serve]`) lacks them.
+TRAINING_PACKAGES = {"torch", "torchvision", "onnx", "onnxscript", "safetensors", "sklearn", "scipy", "matplotlib"}
 
 app = typer.Typer(
     name="s2sd",
@@ -32,7 +35,7 @@ def _root() -> None:
     """Train S2SD embedding models, export the low-dimensional student, measure what it costs."""
 
 
-for module in (train, export, embed, bench, report):
+for module in (train, export, embed, index, search, eval, bench, report):
     module.register(app)
 
 
@@ -55,6 +58,16 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(error.exit_code)
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]
+        if package not in TRAINING_PACKAGES or os.environ.get("S2SD_DEBUG"):
+            raise
+        print(
+            f"error: this command needs the training install ({package} is not installed): "
+            f"pip install 's2sd-deploy[train,cpu]'",
+            file=sys.stderr,
+        )
+        sys.exit(3)
     except SystemExit as exit_:
         if exit_.code == 130:  # Ctrl-C outside a command that explains where to resume
             print("interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ from ..atomic_files import atomic_path
 from ..errors import S2SDError
 from ..gpu import nvidia_gpu_visible
 from .images import open_image
-from .interface import INPUT, ONNX_FORMAT, OUTPUT
+from .interface import INPUT, ONNX_FORMAT, OUTPUT, TEACHER_OUTPUT
 from .preprocessing import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ class Embedder:
         self.batch_size = batch_size
         self.input_name = self.metadata.get("input_name", INPUT)
         self.output_name = self.metadata.get("output_name", OUTPUT)
+        self.teacher_dim = int(self.metadata["teacher_dim"]) if "teacher_dim" in self.metadata else None
+        self.teacher_output_name = self.metadata.get("teacher_output_name", TEACHER_OUTPUT)
         self.provider = self.session.get_providers()[0]  # what runs, not what was asked for
         if self.provider == "CPUExecutionProvider" and nvidia_gpu_visible():
             log.warning(
@@ -127,15 +129,34 @@ class Embedder:
                 "(pip install 's2sd-deploy[gpu]') instead of onnxruntime"
             )
 
-    def embed(self, inputs) -> np.ndarray:
-        """Embeddings (N, d) float32 of ``inputs`` (see the class docstring)."""
+    def embed(self, inputs, with_teacher: bool = False):
+        """Embeddings (N, d) float32 of ``inputs`` (see the class docstring); with ``with_teacher``, the pair
+        (student (N, d), teacher (N, d_t)) of a model exported with its teacher."""
         batch = self.to_network_input(inputs)
-        outputs = [self.run(batch[i : i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        outputs = [
+            self.run(batch[i : i + self.batch_size], with_teacher) for i in range(0, len(batch), self.batch_size)
+        ]
+        if with_teacher:
+            if not outputs:
+                return np.zeros((0, self.dim), np.float32), np.zeros((0, self.teacher_dim), np.float32)
+            return np.concatenate([o[0] for o in outputs]), np.concatenate([o[1] for o in outputs])
         return np.concatenate(outputs) if outputs else np.zeros((0, self.dim), np.float32)
 
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Run the network on preprocessed float32 (N, 3, S, S) images."""
-        return self.session.run([self.output_name], {self.input_name: images})[0]
+    def run(self, images: np.ndarray, with_teacher: bool = False):
+        """Run the network on preprocessed float32 (N, 3, S, S) images: the student's embeddings, or with
+        ``with_teacher`` the pair (student, teacher)."""
+        if not with_teacher:
+            return self.session.run([self.output_name], {self.input_name: images})[0]
+        self.require_teacher()
+        student, teacher = self.session.run([self.output_name, self.teacher_output_name], {self.input_name: images})
+        return student, teacher
+
+    def require_teacher(self) -> None:
+        if self.teacher_dim is None:
+            raise S2SDError(
+                f"{self.path} has no teacher output; export the run with `s2sd export RUN --with-teacher` "
+                f"to re-rank with it"
+            )
 
     def to_network_input(self, inputs) -> np.ndarray:
         """Preprocess whatever ``embed`` accepts into one float32 (N, 3, S, S) array."""
@@ -202,13 +223,22 @@ class EmbeddedFiles:
     embeddings: np.ndarray  # (N, d) float32, in the order of ``paths``
     paths: list[Path]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why), with skip_bad_images
+    teacher: np.ndarray | None = None  # (N, d_t) float32, with with_teacher
 
 
 def embed_files(
-    embedder: Embedder, paths: list[Path], workers: int = 4, skip_bad_images: bool = False, progress=None
+    embedder: Embedder,
+    paths: list[Path],
+    workers: int = 4,
+    skip_bad_images: bool = False,
+    progress=None,
+    with_teacher: bool = False,
 ) -> EmbeddedFiles:
-    """Embeddings of image files; ``workers`` threads decode ahead while the model runs. Without
-    ``skip_bad_images`` the first file that does not decode stops it with an error naming the file."""
+    """Embeddings of image files; ``workers`` threads decode ahead while the model runs, so decoding overlaps
+    the network. Without ``skip_bad_images`` the first file that does not decode stops it with an error naming
+    the file. ``with_teacher`` also returns the teacher output of a model exported with it."""
+    if with_teacher:
+        embedder.require_teacher()
     from concurrent.futures import ThreadPoolExecutor
 
     def load(path):
@@ -219,19 +249,24 @@ def embed_files(
                 raise
             return path, None, str(error)
 
-    outputs, kept, skipped = [], [], []
+    outputs, teachers, kept, skipped = [], [], [], []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoded = _prefetch(pool, load, paths, window=2 * embedder.batch_size)
         for chunk in iter_chunks(decoded, embedder.batch_size):
             good = [(path, pixels) for path, pixels, _ in chunk if pixels is not None]
             skipped += [(path, why) for path, pixels, why in chunk if pixels is None]
             if good:
-                outputs.append(embedder.run(np.stack([pixels for _, pixels in good])))
+                result = embedder.run(np.stack([pixels for _, pixels in good]), with_teacher)
+                outputs.append(result[0] if with_teacher else result)
+                teachers += [result[1]] if with_teacher else []
                 kept += [path for path, _ in good]
             if progress:
                 progress(len(chunk))
     embeddings = np.concatenate(outputs) if outputs else np.zeros((0, embedder.dim), np.float32)
-    return EmbeddedFiles(embeddings, kept, skipped)
+    teacher = None
+    if with_teacher:
+        teacher = np.concatenate(teachers) if teachers else np.zeros((0, embedder.teacher_dim), np.float32)
+    return EmbeddedFiles(embeddings, kept, skipped, teacher)
 
 
 def _prefetch(pool, function, items, window: int):

@@ -58,6 +58,17 @@ def _split_by_class(paths: list[Path], class_ids: list, train_classes: set, root
     return splits[0], splits[1]
 
 
+def load_glyphs_splits() -> tuple[ImageSet, ImageSet]:
+    """Characters rendered from matplotlib's fonts (see :mod:`.glyphs`): Latin train, other scripts test."""
+    from .glyphs import glyph_splits
+
+    def image_set(glyphs) -> ImageSet:
+        return ImageSet([Image.fromarray(pixels).convert("RGB") for pixels in glyphs.images], glyphs.labels.copy())
+
+    train, test = glyph_splits()
+    return image_set(train), image_set(test)
+
+
 def load_digits_splits() -> tuple[ImageSet, ImageSet]:
     """scikit-learn's digits (shipped with the package): classes 0-4 train, 5-9 test."""
     from sklearn.datasets import load_digits
@@ -178,6 +189,7 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+BUNDLED = {"glyphs": load_glyphs_splits, "digits": load_digits_splits}  # no --data-root, nothing downloaded
 LOADERS = {
     "cub200": load_cub200_splits,
     "cars196": load_cars196_splits,
@@ -188,10 +200,12 @@ LOADERS = {
 
 def load_splits(dataset: str, data_root: str | None = None, skip_bad_images: bool = False) -> tuple[ImageSet, ImageSet]:
     """The (train, test) splits of a dataset; with ``skip_bad_images`` undecodable files are dropped."""
-    if dataset == "digits":
-        return load_digits_splits()
+    if dataset in BUNDLED:
+        return BUNDLED[dataset]()
+
     if dataset not in LOADERS:
-        raise S2SDError(f"unknown --dataset {dataset!r}; choose one of: digits, {', '.join(LOADERS)}")
+        raise S2SDError(f"unknown --dataset {dataset!r}; choose one of: {', '.join([*BUNDLED, *LOADERS])}")
+
     splits = LOADERS[dataset](Path(data_root).expanduser())
     if skip_bad_images:
         splits = tuple(drop_bad_images(s) for s in splits)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from PIL import Image, ImageFilter
 from torchvision import transforms as T
 
 from ..serving.images import open_image
@@ -43,12 +44,36 @@ def eval_transform(preprocessing: Preprocessing) -> Callable:
 
 
 def train_transform(cfg) -> Callable:
-    """Paper: RandomResizedCrop(224) + horizontal flip + ImageNet normalisation."""
+    """``crop``, the paper's: RandomResizedCrop(224) + horizontal flip. ``affine``, for glyphs: the eval crop, then
+    a small rotation, scale, shift and shear, a thinner or thicker stroke, a slight blur. Then ImageNet
+    normalisation. Randomness comes from torch's generator, which training seeds per (seed, epoch)."""
     preprocessing = cfg.preprocessing()
-    steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0))]
-    if cfg.hflip:
-        steps.append(T.RandomHorizontalFlip())
+    if cfg.augmentation == "affine":
+        steps = [
+            T.Resize(cfg.resize_size),
+            T.CenterCrop(cfg.image_size),
+            T.RandomAffine(degrees=8, translate=(0.08, 0.08), scale=(0.88, 1.12), shear=6),
+            StrokeWidth(probability=0.4),
+            T.RandomApply([T.GaussianBlur(3, sigma=(0.2, 0.8))], p=0.3),
+        ]
+    else:
+        steps = [T.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale_min, 1.0))]
+        if cfg.hflip:
+            steps.append(T.RandomHorizontalFlip())
     return T.Compose(steps + [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)])
+
+
+class StrokeWidth:
+    """With ``probability``, thicken or thin bright strokes by one pixel (a 3x3 maximum or minimum filter)."""
+
+    def __init__(self, probability: float):
+        self.probability = probability
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if torch.rand(1).item() >= self.probability:
+            return image
+        thicker = torch.rand(1).item() < 0.5
+        return image.filter(ImageFilter.MaxFilter(3) if thicker else ImageFilter.MinFilter(3))
 
 
 def eval_loader(images: ImageSet, cfg, batch_size: int = 128) -> torch.utils.data.DataLoader:

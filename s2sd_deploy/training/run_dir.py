@@ -194,7 +194,9 @@ class RunDir:
     def write_curves(self, history: list[dict]) -> None:
         """Training loss and evaluation metrics per epoch, as one PNG."""
         figure, (left, right) = pyplot().subplots(1, 2, figsize=(10, 4))
-        left.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
+        trained = [r for r in history if "loss" in r]  # epoch 0 (untrained) has no training loss
+        left.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], marker="o")
+
         left.set(xlabel="epoch", ylabel="training loss", title="loss")
         evaluated = [r for r in history if "recall@1" in r]
         for key in ("recall@1", "nmi", "map@r"):

@@ -166,12 +166,23 @@ class Trainer:
             persistent_workers=False,
         )
         step_module = self._step_module()
+        if self.cfg.eval_untrained and not self.history:
+            self._evaluate_untrained()
         for epoch in range(self.state["epoch"], self.cfg.epochs):
             row = self._train_epoch(epoch, loader, step_module)
             if self._should_evaluate(epoch):
                 row.update(self._evaluate())
             self._end_epoch(epoch, row)
         return self._finish()
+
+    def _evaluate_untrained(self) -> None:
+        """Epoch 0: the network before training, so the curves and the summary show what training adds."""
+        row = {"epoch": 0, "step": 0, **self._evaluate()}
+        row["elapsed_s"] = round(time.time() - self.started, 2)
+        self.history.append(row)
+        if self.dist.is_main:
+            self.run.write_metrics(self.history)
+            log.info("epoch 0 (untrained): Recall@1 %.4f, NMI %.4f", row["recall@1"], row["nmi"])
 
     def _step_module(self):
         module = _TrainStep(self.model, self.loss)
@@ -277,6 +288,7 @@ class Trainer:
             "steps": self.state["global_step"],
             "evaluated_on": "validation" if validated else "test",
             "final": _metrics_only(evaluated[-1]) if evaluated else {},
+            "untrained": _metrics_only(self.history[0]) if self.history and self.history[0]["epoch"] == 0 else {},
             ("best_validation_epoch" if validated else "best_test_epoch_paper_protocol"): best_record,
             "shipped": self._shipped(validated),
             "wall_time_s": round(time.time() - self.started, 2),  # every session of a resumed run

@@ -1,0 +1,322 @@
+"""s2sd index / search / eval: the gallery, its faiss indexes, the cascade, shards, resume, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.serving import ann
+from s2sd_deploy.serving.embedder import Embedder
+from s2sd_deploy.serving.index_config import IndexConfig
+from s2sd_deploy.serving.index_dir import IndexDir
+from s2sd_deploy.serving.indexing import add_to_index, build_index, merge_indexes
+from s2sd_deploy.serving.search import Searcher
+
+S2SD = str(Path(sys.executable).with_name("s2sd"))
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    """240 digit images in class folders (digits 5-9, 48 each), as PNG files."""
+    from s2sd_deploy.training.datasets import load_digits_splits
+
+    root = tmp_path_factory.mktemp("gallery")
+    _, test = load_digits_splits()
+    for label in range(5):
+        for i, row in enumerate(np.flatnonzero(test.labels == label)[:48]):
+            folder = root / f"digit{label + 5}"
+            folder.mkdir(exist_ok=True)
+            test.sources[row].save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flat_index(gallery, exported_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("index") / "flat"
+    build_index([gallery], exported_model, out, IndexConfig(index="flat", chunk_size=64, workers=2))
+    return out
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.png"))
+
+
+def test_build_writes_a_complete_self_describing_index(flat_index, exported_model, gallery):
+    manifest = json.loads((flat_index / "manifest.json").read_text())
+    assert manifest["format"] == "s2sd-index/1" and manifest["counts"] == {"images": 240, "skipped": 0}
+    assert manifest["model"]["run_id"] == "tiny" and manifest["model"]["config_hash"]
+    assert (manifest["model"]["embedding_dim"], manifest["model"]["teacher_dim"]) == (16, 128)
+    assert manifest["index"]["kind"] == "flat" and manifest["build"]["images_per_s"] > 0
+    assert set(manifest["files"]) >= {"model.onnx", "student.npy", "student.faiss", "teacher.npy", "paths.jsonl"}
+    assert not (flat_index / ".build").exists()
+    index = IndexDir.open(flat_index)
+    stored = index.gallery()
+    assert stored.paths == [str(p) for p in files(gallery)] and stored.teacher.dtype == np.float16
+    student, teacher = Embedder(exported_model).embed(files(gallery), with_teacher=True)
+    np.testing.assert_allclose(stored.student, student, atol=1e-6)
+    np.testing.assert_allclose(stored.teacher, teacher, atol=2e-3)  # float16
+
+
+def test_flat_search_equals_exact_search(flat_index, exported_model, gallery):
+    searcher = Searcher(flat_index)
+    queries = files(gallery)[::40]
+    result = searcher.search(queries, k=5)
+    gallery_student = IndexDir.open(flat_index).gallery().student
+    expected_scores = Embedder(exported_model).embed(queries) @ gallery_student.T
+    for q in range(len(queries)):
+        order = np.argsort(-expected_scores[q], kind="stable")[:5]
+        np.testing.assert_allclose(result.scores[q], expected_scores[q][order], atol=1e-5)
+        assert result.paths[q] == [str(files(gallery)[i]) for i in result.ids[q]]
+    assert result.ids[:, 0].tolist() == [files(gallery).index(q) for q in queries]  # each query finds itself
+
+
+def test_rerank_equals_a_naive_loop(flat_index, exported_model, gallery):
+    searcher = Searcher(flat_index)
+    queries = files(gallery)[5::37]
+    result = searcher.search(queries, k=4, rerank=20)
+    stored = IndexDir.open(flat_index).gallery()
+    student, teacher = Embedder(exported_model).embed(queries, with_teacher=True)
+    for q in range(len(queries)):
+        shortlist = np.argsort(-(stored.student @ student[q]), kind="stable")[:20]
+        teacher_scores = stored.teacher[shortlist].astype(np.float32) @ teacher[q]
+        expected = shortlist[np.argsort(-teacher_scores, kind="stable")][:4]
+        assert result.ids[q].tolist() == expected.tolist()
+        np.testing.assert_allclose(result.scores[q], np.sort(teacher_scores)[::-1][:4], rtol=1e-5)
+
+
+def test_searcher_is_thread_safe(flat_index, gallery):
+    searcher = Searcher(flat_index)
+    batches = [files(gallery)[i::12][:6] for i in range(12)]
+    expected = [searcher.search(batch, k=3, rerank=10).ids for batch in batches]
+    got: dict[int, np.ndarray] = {}
+
+    def work(first):
+        for i in range(first, len(batches), 4):
+            got[i] = searcher.search(batches[i], k=3, rerank=10).ids
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(np.array_equal(got[i], expected[i]) for i in range(len(batches)))
+
+
+def test_shards_merge_into_the_single_build(flat_index, gallery, exported_model, tmp_path):
+    cfg = IndexConfig(index="flat", chunk_size=50, workers=2)
+    for k in (1, 2, 3):
+        build_index([gallery], exported_model, tmp_path / f"part{k}", cfg, shard=(k, 3))
+    merge_indexes(tmp_path / "merged", [tmp_path / f"part{k}" for k in (1, 2, 3)], cfg)
+    merged, whole = IndexDir.open(tmp_path / "merged").gallery(), IndexDir.open(flat_index).gallery()
+    assert merged.paths == whole.paths
+    np.testing.assert_array_equal(merged.student, whole.student)
+    np.testing.assert_array_equal(merged.teacher, whole.teacher)
+    queries = files(gallery)[3::50]
+    a, b = Searcher(tmp_path / "merged").search(queries, k=5), Searcher(flat_index).search(queries, k=5)
+    assert np.array_equal(a.ids, b.ids) and a.paths == b.paths
+
+
+def test_add_appends_images(flat_index, gallery, exported_model, tmp_path):
+    half = tmp_path / "half"
+    for path in files(gallery)[:120]:
+        target = half / path.relative_to(gallery)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    build_index([half], exported_model, tmp_path / "grown", IndexConfig(index="flat"))
+    rest = files(gallery)[120:]
+    manifest = add_to_index(tmp_path / "grown", rest, IndexConfig())
+    assert manifest["counts"]["images"] == 240 and manifest["added"][0]["images"] == 120
+    grown = IndexDir.open(tmp_path / "grown").gallery()
+    whole = IndexDir.open(flat_index).gallery()
+    np.testing.assert_array_equal(grown.student[120:], whole.student[120:])
+    with pytest.raises(S2SDError, match="every image given is already in"):
+        add_to_index(tmp_path / "grown", rest, IndexConfig())
+
+
+def test_an_interrupted_build_resumes_from_its_last_chunk(gallery, exported_model, tmp_path, monkeypatch):
+    import s2sd_deploy.serving.indexing as indexing
+
+    calls, killed = [], []
+    real = indexing.embed_files
+
+    def flaky(embedder, paths, *args):
+        calls.append(len(paths))
+        if len(calls) == 3 and not killed:
+            killed.append(True)
+            raise RuntimeError("killed")  # during the third chunk
+        return real(embedder, paths, *args)
+
+    monkeypatch.setattr(indexing, "embed_files", flaky)
+    cfg = IndexConfig(index="flat", chunk_size=50, workers=2)
+    with pytest.raises(RuntimeError, match="killed"):
+        build_index([gallery], exported_model, tmp_path / "resumed", cfg)
+    assert len(list((tmp_path / "resumed" / ".build").glob("chunk-*.npz"))) == 2
+    with pytest.raises(S2SDError, match="its build did not finish; run the same `s2sd index build` again"):
+        Searcher(tmp_path / "resumed")
+    calls.clear()
+    build_index([gallery], exported_model, tmp_path / "resumed", cfg)
+    assert calls == [50, 50, 40]  # chunks 3-5 only
+    resumed = IndexDir.open(tmp_path / "resumed").gallery()
+    straight = embed_all(exported_model, gallery)
+    np.testing.assert_allclose(resumed.student, straight, atol=1e-6)
+
+
+def embed_all(model, root):
+    return Embedder(model).embed(files(root))
+
+
+def test_bad_images_are_skipped_and_listed(gallery, exported_model, tmp_path):
+    images = tmp_path / "images"
+    for path in files(gallery)[:30]:
+        (images / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (images / path.parent.name / path.name).write_bytes(path.read_bytes())
+    (images / "digit5" / "broken.png").write_bytes(b"broken")
+    with pytest.raises(S2SDError, match="broken.png.*--skip-bad-images"):
+        build_index([images], exported_model, tmp_path / "strict", IndexConfig(index="flat"))
+    manifest = build_index(
+        [images], exported_model, tmp_path / "lenient", IndexConfig(index="flat", skip_bad_images=True)
+    )
+    assert manifest["counts"] == {"images": 30, "skipped": 1}
+    assert IndexDir.open(tmp_path / "lenient").gallery().skipped[0][0].endswith("broken.png")
+
+
+# --- faiss indexes on clustered vectors, where neighbours have structure --------------------------------------
+def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(2, n // 50), d)).astype(np.float32)
+    points = centres[rng.integers(0, len(centres), n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf-sq8", "ivf-pq"])
+def test_approximate_indexes_are_tuned_to_the_minimum_recall(kind):
+    vectors = clustered(5000, 32)
+    index, factory = ann.build(vectors, kind)
+    tuned = ann.tune(index, kind, factory, vectors, min_recall=0.9, sample=300)
+    assert tuned.recall_at_10 >= 0.9 and tuned.parameter.split("=")[0] in ("nprobe", "efSearch")
+    queries = vectors[:300]
+    exact = vectors @ queries.T
+    truth = np.argsort(-exact, axis=0)[:10].T
+    from s2sd_deploy.metrics import recall_against_exact
+
+    found = ann.search(tuned.index, queries, 10, vectors, tuned.refine)[1]
+    assert recall_against_exact(found, truth, 10) >= 0.85  # the measurement holds
+
+
+def test_a_build_below_the_minimum_recall_is_refused_with_the_numbers():
+    vectors = clustered(2000, 32)
+    index, factory = ann.build(vectors, "ivf-pq")
+    with pytest.raises(
+        S2SDError,
+        match=r"ivf-pq \(IVF\d+,PQ8\) reaches recall@10 0\.\d+ at best .*nprobe=1: .*below "
+        r"--min-recall 0.9999; use --index hnsw or flat",
+    ):
+        ann.tune(index, "ivf-pq", factory, vectors, min_recall=0.9999, sample=200)
+
+
+def test_auto_picks_by_size_and_memory():
+    assert ann.choose_kind(50_000, 128, 4 * 2**30) == "flat"
+    assert ann.choose_kind(2_000_000, 128, 4 * 2**30) == "hnsw"
+    assert ann.choose_kind(20_000_000, 128, 4 * 2**30) == "ivf-pq"
+    assert ann.choose_kind(50_000, 128, 2**20) == "ivf-pq"  # does not fit a 1 MiB budget
+
+
+# --- the command line -----------------------------------------------------------------------------------------
+def test_cli_build_search_and_eval(gallery, exported_model, tmp_path):
+    build = subprocess.run(
+        [
+            S2SD,
+            "index",
+            "build",
+            str(gallery),
+            "--model",
+            str(exported_model),
+            "--out",
+            str(tmp_path / "cli-index"),
+            "--index",
+            "flat",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    assert "indexed 240 images: flat, exact" in build.stdout
+    query = files(gallery)[7]
+    search = subprocess.run(
+        [S2SD, "search", str(tmp_path / "cli-index"), str(query), "--k", "3", "--rerank", "20", "--json"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert search.returncode == 0, search.stderr
+    hits = json.loads(search.stdout)[0]["results"]
+    assert len(hits) == 3 and hits[0]["path"] == str(query)
+    evaluated = subprocess.run(
+        [S2SD, "eval", str(exported_model), "--data-root", str(gallery), "--out", str(tmp_path / "eval.json")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert set(results["heads"]) == {"student-16", "teacher-128", "cascade-16>128@50"}
+    from s2sd_deploy.metrics import evaluate_embeddings
+
+    labels = np.repeat(np.arange(5), 48)
+    student = evaluate_embeddings(embed_all(exported_model, gallery), labels)
+    assert results["heads"]["student-16"]["recall@1"] == pytest.approx(student["recall@1"])
+
+
+def test_eval_with_query_and_gallery_folders(gallery, exported_model, tmp_path):
+    from s2sd_deploy.serving.evaluate import evaluate
+
+    queries = tmp_path / "queries"
+    for path in files(gallery)[::24]:
+        (queries / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (queries / path.parent.name / path.name).write_bytes(path.read_bytes())
+    results = evaluate(exported_model, query_root=queries, gallery_root=gallery, shortlists=(240,))
+    heads = results["heads"]
+    assert heads["student-16"]["recall@1"] == 1.0  # each query is in the gallery too: it finds itself
+    # Re-ranking the whole gallery by the teacher is the teacher's own search.
+    assert heads["cascade-16>128@240"]["recall@1"] == heads["teacher-128"]["recall@1"]
+    with pytest.raises(S2SDError, match="pass either --data-root, or both --query-root and --gallery-root"):
+        evaluate(exported_model, query_root=queries)
+
+
+def test_serving_runs_without_torch(flat_index, gallery):
+    code = (
+        "import sys\n"
+        "from s2sd_deploy import Embedder, Searcher\n"
+        f"result = Searcher({str(flat_index)!r}).search([{str(files(gallery)[0])!r}], k=3, rerank=10)\n"
+        "assert result.ids.shape == (1, 3)\n"
+        "print(','.join(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_milvus_backend_finds_what_faiss_finds(flat_index, gallery, exported_model, tmp_path):
+    pytest.importorskip("pymilvus")
+    cfg = IndexConfig(backend="milvus", uri=str(tmp_path / "gallery.db"), collection="digits", workers=2)
+    manifest = build_index([gallery], exported_model, tmp_path / "milvus-index", cfg)
+    assert manifest["backend"]["name"] == "milvus" and manifest["counts"]["images"] == 240
+    queries = files(gallery)[11::60]
+    via_milvus = Searcher(tmp_path / "milvus-index")
+    for rerank in (None, 20):
+        a, b = via_milvus.search(queries, k=5, rerank=rerank), Searcher(flat_index).search(queries, k=5, rerank=rerank)
+        assert np.array_equal(a.ids, b.ids) and a.paths == b.paths
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
