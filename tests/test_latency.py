@@ -46,11 +46,13 @@ def test_latency_stats_and_measure():
 
 def test_contrast_ratios_against_the_student():
     rows = [
-        {"index": "flat", "gallery": 10, "batch": 1, "dim": d, "p50_ms": ms, "kernel": "k"}
+        {"index": "flat", "gallery": 1000, "batch": 1, "dim": d, "p50_ms": ms, "kernel": "k", "gallery_read_gbs": 0.032}
         for d, ms in ((8, 1.0), (32, 3.0))
     ]
     out = contrast(rows, 8, {"memory_bandwidth_gbs": 1.0, "gemm_gflops": 1.0})
     assert [c["measured_ratio"] for c in out] == [1.0, 3.0] and [c["theoretical_ratio"] for c in out] == [1.0, 4.0]
+    # Each search is held to the read speed of its own gallery: 32 KB in 1 ms is 100% of 0.032 GB/s.
+    assert [round(c["bandwidth_share"], 6) for c in out] == [1.0, round(128e3 / 3e-3 / 1e9 / 0.032, 6)]
 
 
 def test_the_headline_comes_first_and_the_budget_drops_only_the_rest(trained_run, tmp_path):

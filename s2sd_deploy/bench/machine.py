@@ -69,9 +69,13 @@ def machine_info() -> dict:
 def machine_limits(budget_s: float = 0.4) -> dict:
     """The machine's read bandwidth and fp32 GEMM throughput, measured the way the search kernels run: with each
     library they use (numpy's BLAS, torch's, faiss's own scan), all threads, and shapes like theirs; the fastest
-    measurement is the limit, so a kernel can only exceed 100% of it by measurement noise.
+    measurement is the limit.
 
-    - read bandwidth: a batch-1 scan, the product of a 256 MiB float32 matrix (65,536 x 1,024) with a vector;
+    - read bandwidth: a batch-1 scan, the product of a 256 MiB float32 matrix (65,536 x 1,024) with a vector. It
+      describes the machine; each search is held to the read speed of its own gallery instead
+      (``retrieval_cost.read_speed_gbs``), because on a CPU with large caches a 200 MiB gallery reads faster
+      than a 256 MiB one;
+
     - GEMM: a batch-64 search's product, (64 x 2,048) x (2,048 x 32,768), and a square 2,048^3 one.
     """
     import faiss

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import S2SDError
 from ..metrics import recall_against_exact
 from .index_config import KINDS  # noqa: F401  (the kinds this module builds)
+from .knn import openmp_threads
 
 EXACT_UP_TO = 200_000  # auto: a flat scan of 2e5 x 128-d vectors stays around 10 ms per query on 2 cores
 HNSW_LINKS = 32
@@ -60,9 +61,11 @@ class TunedIndex:
 def search(index: faiss.Index, queries: np.ndarray, k: int, vectors: np.ndarray | None = None, refine: int = 0):
     """(scores, ids) (Q, k), best first; with ``refine``, the top ``refine * k`` of the index re-scored exactly
     against ``vectors`` (the gallery's float32 rows, possibly memory-mapped: only candidate rows are read)."""
-    if not refine:
-        return index.search(queries, k)
-    _, candidates = index.search(queries, refine * k)
+    with openmp_threads(len(queries)):
+        if not refine:
+            return index.search(queries, k)
+        _, candidates = index.search(queries, refine * k)
+
     rows = np.asarray(vectors[np.where(candidates < 0, 0, candidates)], dtype=np.float32)  # (Q, R, d)
     scores = np.einsum("qrd,qd->qr", rows, queries)
     scores[candidates < 0] = -np.inf
