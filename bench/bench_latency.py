@@ -2,7 +2,7 @@
 
 Usage:
   .venv/bin/python bench/bench_latency.py --out bench/results/latency-default
-  .venv/bin/python bench/bench_latency.py --run runs/digits-default --out bench/results/latency-digits
+  .venv/bin/python bench/bench_latency.py --run runs/glyphs-default --out bench/results/latency-glyphs
 """
 
 import sys

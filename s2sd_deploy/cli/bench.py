@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         "under runs/). With no arguments it finishes within about 3 minutes on 2 cores.\n\n"
         "Examples:\n\n"
         "  s2sd bench-latency\n\n"
-        "  s2sd bench-latency --run runs/RUN --out bench/results/latency-digits\n\n"
+        "  s2sd bench-latency --run runs/RUN --out bench/results/latency-RUN\n\n"
         "  s2sd bench-latency --dims 128,2048 --gallery-sizes 100000 --query-batch 1,64 --index "
         "flat,hnsw,ivfpq --large",
     )(bench_latency)
