@@ -92,18 +92,36 @@ def test_missing_root_names_the_layout(tmp_path, dataset, message):
         load_splits(dataset, str(tmp_path / "missing"))
 
 
-def test_undecodable_image_is_named_or_skipped(tmp_path):
+def _not_a_png(path):
+    path.write_bytes(b"not a png")
+
+
+def _bomb(path):
+    from .test_bad_inputs import decompression_bomb
+
+    decompression_bomb(path)
+
+
+@pytest.mark.parametrize(
+    "write_bad, error",
+    [
+        (_not_a_png, "cannot decode image .*bad.png.*--skip-bad-images"),
+        (_bomb, "bad.png is too large to decode safely.*--skip-bad-images"),
+    ],
+    ids=["undecodable", "decompression bomb"],
+)
+def test_a_bad_image_is_named_or_skipped(tmp_path, write_bad, error):
     for c in range(4):
         for i in range(2):
             _image(tmp_path / f"c{c}" / f"{i}.png", c)
-    (tmp_path / "c0" / "broken.png").write_bytes(b"not a png")
+    write_bad(tmp_path / "c0" / "bad.png")
     train, _ = load_splits("imagefolder", str(tmp_path))
     dataset = LabelledImages(
         train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8}).preprocessing())
     )
-    broken = [i for i, p in enumerate(train.sources) if p.name == "broken.png"][0]
-    with pytest.raises(S2SDError, match="cannot decode image .*broken.png.*--skip-bad-images"):
-        dataset[broken]
+    bad = [i for i, p in enumerate(train.sources) if p.name == "bad.png"][0]
+    with pytest.raises(S2SDError, match=error):
+        dataset[bad]
     kept, _ = load_splits("imagefolder", str(tmp_path), skip_bad_images=True)
     assert len(kept) == len(train) - 1 and kept.skipped == 1
 
@@ -215,24 +233,6 @@ def test_file_names_that_are_not_utf8_are_fingerprinted(tmp_path):
     _image(tmp_path / "c0" / odd, 9)
     train, test = load_splits("imagefolder", str(tmp_path))
     assert any(p.name == odd for p in train.sources) and len(fingerprint(train, test)) == 16
-
-
-def test_decompression_bombs_are_named_or_skipped(tmp_path):
-    from .test_bad_inputs import decompression_bomb
-
-    for c in range(4):
-        for i in range(2):
-            _image(tmp_path / f"c{c}" / f"{i}.png", c)
-    decompression_bomb(tmp_path / "c0" / "bomb.png")
-    train, _ = load_splits("imagefolder", str(tmp_path))
-    dataset = LabelledImages(
-        train, eval_transform(build_train_config({"image_size": 8, "resize_size": 8}).preprocessing())
-    )
-    bomb = [i for i, p in enumerate(train.sources) if p.name == "bomb.png"][0]
-    with pytest.raises(S2SDError, match="bomb.png is too large to decode safely.*--skip-bad-images"):
-        dataset[bomb]
-    kept, _ = load_splits("imagefolder", str(tmp_path), skip_bad_images=True)
-    assert len(kept) == len(train) - 1 and kept.skipped == 1
 
 
 def test_glyphs_is_the_default_and_bundled(monkeypatch, tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import S2SDError
 from ..metrics import recall_against_exact
 from .index_config import KINDS  # noqa: F401  (the kinds this module builds)
-from .knn import openmp_threads
+from .knn import openmp_threads, rerank
 
 EXACT_UP_TO = 200_000  # auto: a flat scan of 2e5 x 128-d vectors stays around 10 ms per query on 2 cores
 HNSW_LINKS = 32
@@ -65,12 +65,10 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, vectors: np.ndarray 
         if not refine:
             return index.search(queries, k)
         _, candidates = index.search(queries, refine * k)
-
     rows = np.asarray(vectors[np.where(candidates < 0, 0, candidates)], dtype=np.float32)  # (Q, R, d)
     scores = np.einsum("qrd,qd->qr", rows, queries)
     scores[candidates < 0] = -np.inf
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+    return rerank(candidates, scores, k)
 
 
 def choose_kind(n: int, d: int, memory_budget_bytes: int) -> str:

@@ -20,10 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import S2SDError
-from . import ann
+from . import ann, knn
 from .embedder import Embedder
 from .index_dir import STUDENT, IndexDir
-from .knn import topk
 
 
 @dataclass
@@ -111,8 +110,7 @@ class Searcher:
         _, candidates = self.store.search(student, rerank)  # (Q, K)
         scores = np.einsum("qkd,qd->qk", self.store.teacher_vectors(candidates), teacher)
         scores[candidates < 0] = -np.inf
-        best_scores, order = topk(scores, min(k, scores.shape[1]))
-        ids = np.take_along_axis(candidates, order, axis=1)
+        best_scores, ids = knn.rerank(candidates, scores, k)
         return SearchResult(ids, best_scores.astype(np.float32), self._paths(ids))
 
     def _paths(self, ids: np.ndarray) -> list[list[str]]:
