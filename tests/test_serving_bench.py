@@ -26,13 +26,17 @@ def test_the_parts_on_a_small_gallery(exported_model, tmp_path):
     latency = query_latency(index, files, repeats=1)
     assert {"decode", "preprocess", "encoder", "search", "search + re-rank", "end to end"} <= set(latency)
     assert latency["search and re-rank share of the encoder"] > 0 and latency["end to end"]["p99_ms"] > 0
-    throughput = searcher_throughput(index, files, threads=2, seconds=0.5)
-    assert throughput["searcher_qps"] > 0 and throughput["share_of_encoder"] > 0
+    throughput = searcher_throughput(index, files, threads=2, rounds=2)
+    assert throughput["share_of_encoder"] == throughput["searcher_qps"] / throughput["encoder_only_qps"]
     embedding = embedding_throughput(exported_model, files * 4, batch_size=8)
-    assert embedding["images"] == 24 and embedding["share_of_onnxruntime"] > 0
+    assert embedding["images"] == 24
+    assert embedding["share_of_onnxruntime"] == embedding["embed_images_per_s"] / embedding["onnxruntime_images_per_s"]
     rows = recall_latency(clustered_unit_vectors(2000, 16), "clustered", kinds=("hnsw", "ivf-sq8"), queries=50)
-    assert rows[0]["kind"] == "flat" and rows[0]["recall@10"] == 1.0
-    assert {r["kind"] for r in rows} == {"flat", "hnsw", "ivf-sq8"} and all(0 <= r["recall@10"] <= 1 for r in rows)
+    assert rows[0]["kind"] == "flat" and rows[0]["recall@10"] == 1.0  # measured against faiss.knn
+    assert {r["kind"] for r in rows} == {"flat", "hnsw", "ivf-sq8"}
+    # Both kinds reach the neighbours on clustered data at their widest setting; the narrowest IVF probe does not.
+    assert rows[-1]["recall@10"] >= 0.95 and max(r["recall@10"] for r in rows if r["kind"] == "hnsw") >= 0.95
+
     results = {
         "machine": {"cpu": "x", "cores": 2, "memory_gb": 1},
         "gallery_size": 3000,
@@ -49,4 +53,9 @@ def test_the_parts_on_a_small_gallery(exported_model, tmp_path):
         },
     }
     text = markdown(results, "cmd")
-    assert "goal: at most 10%" in text and "goal: at least 90%" in text and "goal: at least 85%" in text
+    assert (
+        f"**{latency['search and re-rank share of the encoder']:.1%}** of the encoder's time (goal: at most 10%)"
+        in text
+    )
+    assert f"**{throughput['share_of_encoder']:.0%}** (goal: at least 90%)" in text
+    assert f"**{embedding['share_of_onnxruntime']:.0%}** (goal: at least 85%)" in text

@@ -17,7 +17,6 @@ dimensions); queries are real image files embedded by the real model.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import faiss
@@ -29,7 +28,7 @@ from ..serving.embedder import Embedder, embed_files
 from ..serving.images import open_image
 from ..serving.index_dir import Gallery, IndexDir
 from ..serving.search import Searcher
-from ..timing import latency_stats, measure
+from ..timing import latency_stats, measure, measure_interleaved
 
 
 def clustered_unit_vectors(n: int, d: int, seed: int = 0, clusters: int | None = None) -> np.ndarray:
@@ -69,88 +68,92 @@ def query_latency(index: Path, queries: list[Path], k: int = 10, rerank: int = 5
     embedder = searcher.embedder
     images = [open_image(path) for path in queries]
     tensors = [embedder.preprocess(image)[None] for image in images]
-    student, teacher = embedder.run(tensors[0], with_teacher=True)
+    embedded = [embedder.run(tensor, with_teacher=True) for tensor in tensors]  # (student, teacher) per query
     stages = {
         "decode": lambda i: open_image(queries[i]),
         "preprocess": lambda i: embedder.preprocess(images[i]),
         "encoder": lambda i: embedder.run(tensors[i], with_teacher=bool(rerank)),
-        "search": lambda i: searcher.search_embeddings(student, None, k),
-        "search + re-rank": lambda i: searcher.search_embeddings(student, teacher, k, rerank),
+        "search": lambda i: searcher.search_embeddings(embedded[i][0], None, k),
+        "search + re-rank": lambda i: searcher.search_embeddings(*embedded[i], k, rerank),
         "end to end": lambda i: searcher.search([queries[i]], k, rerank),
     }
     result = {}
     for name, stage in stages.items():
-        for i in range(min(3, len(queries))):  # warm-up
-            stage(i)
-        seconds = []
-        for _ in range(repeats):
-            for i in range(len(queries)):
-                started = time.perf_counter()
-                stage(i)
-                seconds.append(time.perf_counter() - started)
-        result[name] = {key: value for key, value in latency_stats(np.array(seconds), 1).items() if key != "qps"}
+        position = iter(range(10**12))  # every query in turn, ``repeats`` times over
+        seconds = measure(
+            lambda: stage(next(position) % len(queries)),
+            warmup=3,
+            min_repeats=repeats * len(queries),
+            max_repeats=repeats * len(queries),
+        )
+        result[name] = {key: value for key, value in latency_stats(seconds, 1).items() if key != "qps"}
+
     encoder = result["encoder"]["p50_ms"]
     result["search and re-rank share of the encoder"] = result["search + re-rank"]["p50_ms"] / encoder
     return result
 
 
-def concurrent_rate(work, threads: int, seconds: float) -> float:
-    """Calls per second of ``work()`` from ``threads`` threads at once, over about ``seconds``."""
-    counts = [0] * threads
-    stop = time.perf_counter() + seconds
-
-    def loop(slot):
-        while time.perf_counter() < stop:
-            work()
-            counts[slot] += 1
-
-    workers = [threading.Thread(target=loop, args=(slot,)) for slot in range(threads)]
-    started = time.perf_counter()
+def concurrent_calls(work, threads: int, calls: int) -> None:
+    """``calls`` calls of ``work(i)`` (i = 0, 1, ...) shared by ``threads`` threads at once."""
+    shares = [range(slot, calls, threads) for slot in range(threads)]
+    workers = [threading.Thread(target=lambda share=share: [work(i) for i in share]) for share in shares]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return sum(counts) / (time.perf_counter() - started)
 
 
 def searcher_throughput(
-    index: Path, queries: list[Path], threads: int = 2, seconds: float = 10.0, k: int = 10, rerank: int = 50
+    index: Path, queries: list[Path], threads: int = 2, rounds: int = 5, k: int = 10, rerank: int = 50
 ) -> dict:
     """Queries per second of Searcher.search (one image each) from ``threads`` threads, against the encoder alone
-    on preprocessed single images from as many threads: the encoder is the floor of a query's cost on a CPU."""
+    on the same images preprocessed, from as many threads: the encoder is the floor of a query's cost on a CPU.
+    The two alternate, round after round (each round: every query once), and the medians are compared."""
     searcher = Searcher(index)
     embedder = searcher.embedder
-    tensor = embedder.preprocess(open_image(queries[0]))[None]
-    position = iter(range(10**12))
-    searcher.search([queries[0]], k, rerank)  # warm-up
-    encoder = concurrent_rate(lambda: embedder.run(tensor, with_teacher=bool(rerank)), threads, seconds)
-    full = concurrent_rate(
-        lambda: searcher.search([queries[next(position) % len(queries)]], k, rerank), threads, seconds
+    tensors = [embedder.preprocess(open_image(path))[None] for path in queries]
+    seconds = measure_interleaved(
+        {
+            "encoder": lambda: concurrent_calls(
+                lambda i: embedder.run(tensors[i], with_teacher=bool(rerank)), threads, len(queries)
+            ),
+            "searcher": lambda: concurrent_calls(
+                lambda i: searcher.search([queries[i]], k, rerank), threads, len(queries)
+            ),
+        },
+        min_rounds=rounds,
+        budget_s=0.0,
     )
+    encoder, full = (len(queries) / float(np.median(seconds[name])) for name in ("encoder", "searcher"))
     return {"threads": threads, "searcher_qps": full, "encoder_only_qps": encoder, "share_of_encoder": full / encoder}
 
 
-def embedding_throughput(model: Path, files: list[Path], batch_size: int = 32, workers: int = 2) -> dict:
+def embedding_throughput(
+    model: Path, files: list[Path], batch_size: int = 32, workers: int = 2, rounds: int = 3
+) -> dict:
     """Images per second of embedding files (decoding in threads ahead of the model), against ONNX Runtime alone
-    on the same images already preprocessed, at the same batch."""
+    on the same images already preprocessed, at the same batch; the two alternate and medians are compared."""
     embedder = Embedder(model, batch_size=batch_size)
     with_teacher = embedder.teacher_dim is not None
     tensors = np.stack([embedder.preprocess(open_image(path)) for path in files])
-    embed_files(embedder, files[:batch_size], workers, with_teacher=with_teacher)  # warm-up
-    started = time.perf_counter()
-    for i in range(0, len(tensors), batch_size):
-        embedder.run(tensors[i : i + batch_size], with_teacher)
-    model_only = len(files) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    embed_files(embedder, files, workers, with_teacher=with_teacher)
-    pipeline = len(files) / (time.perf_counter() - started)
+
+    def model_only():
+        for i in range(0, len(tensors), batch_size):
+            embedder.run(tensors[i : i + batch_size], with_teacher)
+
+    seconds = measure_interleaved(
+        {"onnxruntime": model_only, "embed": lambda: embed_files(embedder, files, workers, with_teacher=with_teacher)},
+        min_rounds=rounds,
+        budget_s=0.0,
+    )
+    model_rate, pipeline = (len(files) / float(np.median(seconds[name])) for name in ("onnxruntime", "embed"))
     return {
         "batch": batch_size,
         "decode_threads": workers,
         "images": len(files),
         "embed_images_per_s": pipeline,
-        "onnxruntime_images_per_s": model_only,
-        "share_of_onnxruntime": pipeline / model_only,
+        "onnxruntime_images_per_s": model_rate,
+        "share_of_onnxruntime": pipeline / model_rate,
     }
 
 
@@ -161,15 +164,15 @@ def recall_latency(
     batch-1 latency; the flat index is the exact reference."""
     rng = np.random.default_rng(seed)
     sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
+    truth = faiss.knn(sample, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]  # the reference, untimed
     exact, _ = ann.build(vectors, "flat")
-    truth = exact.search(sample, 10)[1]
     rows = [
         {
             "data": data,
             "kind": "flat",
             "parameter": None,
-            "recall@10": 1.0,
-            **point_latency(lambda q: exact.search(q, 10), sample),
+            "recall@10": recall_against_exact(ann.search(exact, sample, 10)[1], truth, 10),
+            **point_latency(lambda q: ann.search(exact, q, 10), sample),
         }
     ]
     for kind in kinds:
@@ -268,7 +271,7 @@ def run_serving_benchmark(
         progress(f"{name}: query latency")
         entry["latency_ms"] = query_latency(index, files[:32])
         progress(f"{name}: Searcher throughput from {threads} threads")
-        entry["searcher_throughput"] = searcher_throughput(index, files, threads)
+        entry["searcher_throughput"] = searcher_throughput(index, files[:64], threads)
         progress(f"{name}: embedding throughput")
         entry["embedding_throughput"] = embedding_throughput(model, files, workers=threads)
         results["models"][name] = entry
