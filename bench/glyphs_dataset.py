@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from s2sd_deploy.atomic_files import write_text_atomic
+from s2sd_deploy.bench.machine import cpu_model
+from s2sd_deploy.metrics import nearest_neighbours
+from s2sd_deploy.tables import markdown_table as table
 from s2sd_deploy.training import glyphs
 
 
@@ -29,9 +32,7 @@ def recall_at_1(images: np.ndarray, labels: np.ndarray, centre_on_dataset_mean: 
     vectors = images.reshape(len(images), -1).astype(np.float32)
     vectors -= vectors.mean(axis=0) if centre_on_dataset_mean else vectors.mean(axis=1, keepdims=True)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    similarity = vectors @ vectors.T
-    np.fill_diagonal(similarity, -np.inf)
-    return labels[similarity.argmax(axis=1)] == labels
+    return labels[nearest_neighbours(vectors, 1)[:, 0]] == labels
 
 
 def retrieval_baseline(split: glyphs.Glyphs) -> dict:
@@ -58,22 +59,6 @@ def timed_loads(size: int) -> tuple[glyphs.Glyphs, float, list[float]]:
         cache_bytes = glyphs.cache_path(size, cache).stat().st_size
     rendered.report["cache_file_bytes"] = cache_bytes
     return rendered, cold, loads
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
 
 
 def markdown(result: dict) -> str:

@@ -13,7 +13,7 @@ from ..errors import S2SDError
 from ..timing import measure
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
@@ -55,7 +55,7 @@ def machine_info() -> dict:
         "numpy",
     )
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "memory_gb": _memory_gb(),
         "platform": platform.platform(),
