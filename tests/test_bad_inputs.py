@@ -462,6 +462,12 @@ CASES = [
         "--backend milvus needs --uri",
     ),
     Case(
+        "index: shard with milvus",
+        "index build {images} --model {model} --out {tmp}/i --backend milvus --uri g.db --shard 1/2".split(),
+        "--shard works with the faiss backend only",
+        no_output=["{tmp}/i", "{tmp}/g.db"],
+    ),
+    Case(
         "index: out is a file",
         ["index", "build", "{images}", "--model", "{model}", "--out", "{tmp}/afile"],
         "--out {tmp}/afile is a file",
@@ -503,6 +509,15 @@ CASES = [
         setup=lambda tmp, fixtures: image(tmp / "one" / "only" / "a.png"),
     ),
     Case("eval: out is a folder", ["eval", "{model}", "--data-root", "{tmp}", "--out", "{tmp}"], "is a folder"),
+    Case("eval: empty recall ks", ["eval", "{model}", "--data-root", "{tmp}", "--recall-ks", ""], "--recall-ks takes"),
+    Case("eval: recall k 0", ["eval", "{model}", "--data-root", "{tmp}", "--recall-ks", "0"], "--recall-ks takes"),
+    Case("eval: rerank 0", ["eval", "{model}", "--data-root", "{tmp}", "--rerank", "0"], "--rerank takes one or more"),
+    Case("eval: negative rerank", ["eval", "{model}", "--data-root", "{tmp}", "--rerank", "-5"], "--rerank takes"),
+    Case(
+        "eval: rerank below the largest k",
+        ["eval", "{model}", "--data-root", "{tmp}", "--recall-ks", "1,100", "--rerank", "50"],
+        "--rerank 50 must be at least the largest --recall-ks 100",
+    ),
     # --- report ------------------------------------------------------------------------------------------------
     Case("report: missing run", ["report", "{tmp}/nope"], "run directory not found"),
     Case("report: unfinished run", ["report", "{tmp}/run"], "has not finished", setup=unfinished_run),

@@ -11,7 +11,7 @@ from PIL import Image
 
 from s2sd_deploy.errors import S2SDError
 from s2sd_deploy.training.config import build_train_config
-from s2sd_deploy.training.datasets import load_digits_splits, load_splits, splits_for
+from s2sd_deploy.training.datasets import ImageSet, hold_out_classes, load_digits_splits, load_splits, splits_for
 from s2sd_deploy.training.loading import LabelledImages, eval_transform
 from s2sd_deploy.training.sampler import ClassBatchSampler
 
@@ -140,6 +140,11 @@ def test_validation_classes_are_held_out_of_training():
     held = [i for i, label in enumerate(train.labels) if label >= 3]
     assert [validation.sources[j].tobytes() for j in range(len(held))] == [train.sources[i].tobytes() for i in held]
     assert splits_for(build_train_config({"dataset": "digits"}))[1].labels.tolist() == test.labels.tolist()
+
+
+def test_held_out_classes_keep_the_skipped_count():
+    fit, validation = hold_out_classes(ImageSet(list(range(8)), np.repeat(np.arange(4), 2), skipped=3), 1)
+    assert (fit.num_classes, validation.num_classes) == (3, 1) and (fit.skipped, validation.skipped) == (3, 0)
 
 
 @pytest.mark.parametrize("count", [4, 5])

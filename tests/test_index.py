@@ -170,6 +170,51 @@ def test_an_interrupted_build_resumes_from_its_last_chunk(gallery, exported_mode
     np.testing.assert_allclose(resumed.student, straight, atol=1e-6)
 
 
+def test_an_interrupted_add_leaves_the_previous_index_whole(gallery, exported_model, tmp_path, monkeypatch):
+    import s2sd_deploy.serving.index_dir as index_dir
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    kept = tmp_path / "kept"
+    build_index(files(gallery)[:60], exported_model, kept, IndexConfig(index="flat"))
+    queries = files(gallery)[100:103]
+    before = Searcher(kept).search(queries, k=5)
+    monkeypatch.setattr(index_dir, "write_jsonl", killed)  # after the vectors and the faiss index are written
+    with pytest.raises(RuntimeError, match="killed"):
+        add_to_index(kept, files(gallery)[60:90], IndexConfig())
+    monkeypatch.undo()
+    assert IndexDir.open(kept).gallery().paths == [str(p) for p in files(gallery)[:60]]
+    after = Searcher(kept).search(queries, k=5)
+    assert np.array_equal(after.ids, before.ids) and after.paths == before.paths
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # nothing left beside it
+    add_to_index(kept, files(gallery)[60:90], IndexConfig())
+    assert len(IndexDir.open(kept).gallery()) == 90
+    (kept / "paths.jsonl").write_text('"only-one.png"\n')
+    with pytest.raises(S2SDError, match="paths.jsonl is missing or not the file manifest.json records"):
+        IndexDir.open(kept)
+
+
+def test_a_build_killed_while_writing_resumes_without_embedding_again(gallery, exported_model, tmp_path, monkeypatch):
+    import s2sd_deploy.serving.index_dir as index_dir
+    import s2sd_deploy.serving.indexing as indexing
+
+    def killed(*args):
+        raise RuntimeError("killed")
+
+    cfg = IndexConfig(index="flat", chunk_size=25)
+    with monkeypatch.context() as patch:
+        patch.setattr(index_dir, "write_jsonl", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            build_index(files(gallery)[:60], exported_model, tmp_path / "index", cfg)
+    monkeypatch.setattr(indexing, "embed_files", killed)  # every chunk must be read back
+    manifest = build_index(files(gallery)[:60], exported_model, tmp_path / "index", cfg)
+    assert manifest["build"]["images_embedded"] == 0 and manifest["build"]["images_resumed"] == 60
+    assert manifest["build"]["images_per_s"] is None
+    assert len(IndexDir.open(tmp_path / "index").gallery()) == 60
+    assert not (tmp_path / "index" / ".build").exists()
+
+
 def embed_all(model, root):
     return Embedder(model).embed(files(root))
 
@@ -281,17 +326,25 @@ def test_cli_build_search_and_eval(gallery, exported_model, tmp_path):
 
 
 def test_eval_with_query_and_gallery_folders(gallery, exported_model, tmp_path):
+    from s2sd_deploy.metrics import recall_at_k
     from s2sd_deploy.serving.evaluate import evaluate
 
-    queries = tmp_path / "queries"
-    for path in files(gallery)[::24]:
-        (queries / path.parent.name).mkdir(parents=True, exist_ok=True)
-        (queries / path.parent.name / path.name).write_bytes(path.read_bytes())
-    results = evaluate(exported_model, query_root=queries, gallery_root=gallery, shortlists=(240,))
+    queries, rest = tmp_path / "queries", tmp_path / "gallery"
+    for i, path in enumerate(files(gallery)):
+        target = (queries if i % 24 == 0 else rest) / path.relative_to(gallery)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    results = evaluate(exported_model, query_root=queries, gallery_root=rest, shortlists=(230,))
     heads = results["heads"]
-    assert heads["student-16"]["recall@1"] == 1.0  # each query is in the gallery too: it finds itself
     # Re-ranking the whole gallery by the teacher is the teacher's own search.
-    assert heads["cascade-16>128@240"]["recall@1"] == heads["teacher-128"]["recall@1"]
+    cascade, teacher = heads["cascade-16>128@230"], heads["teacher-128"]
+    assert set(cascade) == {"recall@1", "recall@2", "recall@4", "recall@8"}
+    assert cascade == {key: teacher[key] for key in cascade}
+    student = Embedder(exported_model)
+    scores = student.embed(files(queries)) @ student.embed(files(rest)).T
+    query_labels, gallery_labels = (np.array([p.parent.name for p in files(root)]) for root in (queries, rest))
+    expected = recall_at_k(gallery_labels[np.argsort(-scores, axis=1)[:, :8]], query_labels, [1, 2, 4, 8])
+    assert [heads["student-16"][f"recall@{k}"] for k in expected] == pytest.approx(list(expected.values()))
     with pytest.raises(S2SDError, match="pass either --data-root, or both --query-root and --gallery-root"):
         evaluate(exported_model, query_root=queries)
 
@@ -309,11 +362,14 @@ def test_serving_runs_without_torch(flat_index, gallery):
     assert result.stdout.strip() == ""
 
 
-def test_milvus_backend_finds_what_faiss_finds(flat_index, gallery, exported_model, tmp_path):
+def test_milvus_backend_finds_what_faiss_finds(flat_index, gallery, exported_model, tmp_path, monkeypatch):
     pytest.importorskip("pymilvus")
-    cfg = IndexConfig(backend="milvus", uri=str(tmp_path / "gallery.db"), collection="digits", workers=2)
+    monkeypatch.chdir(tmp_path)
+    cfg = IndexConfig(backend="milvus", uri="gallery.db", collection="digits", workers=2)
     manifest = build_index([gallery], exported_model, tmp_path / "milvus-index", cfg)
     assert manifest["backend"]["name"] == "milvus" and manifest["counts"]["images"] == 240
+    assert manifest["backend"]["uri"] == str((tmp_path / "gallery.db").resolve())  # found from anywhere
+    monkeypatch.chdir(gallery)
     queries = files(gallery)[11::60]
     via_milvus = Searcher(tmp_path / "milvus-index")
     for rerank in (None, 20):

@@ -108,17 +108,25 @@ def test_teacher_vectors_are_the_stored_rows_in_order(gallery, data):
     assert gallery.teacher_vectors(np.full((2, 3), -1)).shape == (2, 3, TEACHER_DIM)
 
 
-def test_rerank_from_search_and_teacher_vectors_equals_a_naive_loop(gallery, data):
-    queries, teacher_queries, k = data["queries"], data["teacher_queries"], 50
-    _, ids = gallery.search(queries, k)
-    teacher_scores = np.einsum("qkd,qd->qk", gallery.teacher_vectors(ids), teacher_queries)
-    teacher_scores[ids < 0] = -np.inf
-    reranked = np.take_along_axis(ids, np.argsort(-teacher_scores, axis=1, kind="stable"), axis=1)
+def test_searcher_rerank_from_milvus_equals_a_naive_loop(gallery, data, uri, tmp_path):
+    from s2sd_deploy.serving.index_dir import IndexDir
+    from s2sd_deploy.serving.search import Searcher
+
+    model = {"embedding_dim": STUDENT_DIM, "teacher_dim": TEACHER_DIM}
+    backend = {"name": "milvus", "uri": uri, "collection": "gallery"}
+    IndexDir(tmp_path).write_manifest({"model": model, "backend": backend})
+    searcher = Searcher(tmp_path)
+    queries, teacher_queries = data["queries"], data["teacher_queries"]
+    result = searcher.search_embeddings(queries, teacher_queries, k=10, rerank=50)
+    searcher.store.close()
 
     teacher_of = dict(zip(data["ids"].tolist(), data["teacher"]))
-    for q, candidates in enumerate(ids):
-        naive = sorted(candidates.tolist(), key=lambda i: -float(teacher_of[i] @ teacher_queries[q]))
-        assert reranked[q].tolist() == naive
+    _, shortlists = gallery.search(queries, 50)
+    for q, candidates in enumerate(shortlists):
+        score = {i: float(teacher_of[i] @ teacher_queries[q]) for i in candidates.tolist()}
+        naive = sorted(score, key=lambda i: -score[i])[:10]
+        assert result.ids[q].tolist() == naive
+        np.testing.assert_allclose(result.scores[q], [score[i] for i in naive], rtol=1e-5)
 
 
 def test_paths_map_ids_to_stored_strings(gallery, data):
@@ -216,12 +224,15 @@ def test_adding_in_two_calls_equals_adding_in_one(uri, gallery, data):
     np.testing.assert_array_equal(two_scores, one_scores)
 
 
-@pytest.mark.parametrize("index,search_params", [("hnsw", {"ef": 128}), ("ivf", {"nprobe": 1024})])
-def test_approximate_indexes(uri, data, index, search_params):
+@pytest.mark.parametrize(
+    "index,search_params,index_type", [("hnsw", {"ef": 128}, "HNSW"), ("ivf", {"nprobe": 1024}, "IVF_FLAT")]
+)
+def test_approximate_indexes(uri, data, index, search_params, index_type):
     with MilvusGallery.create(uri, f"index_{index}", STUDENT_DIM, None, {}, index=index) as approximate:
         approximate.add(data["ids"], data["student"], None, image_paths(data["ids"]))
         _, ids = approximate.search(data["student"][:20], 5, search_params)
-        assert approximate.index_type in ("HNSW", "IVF_FLAT")
+    with MilvusGallery.open(uri, f"index_{index}") as reopened:
+        assert reopened.index_type == index_type  # what the collection reports it was built with
     assert np.array_equal(ids[:, 0], data["ids"][:20])
 
 

@@ -204,6 +204,18 @@ def test_a_damaged_best_checkpoint_stops_the_resume(tmp_path):
     assert summary["best_test_epoch_paper_protocol"]["epoch"] == 2 and best.is_file()
 
 
+def test_a_validated_run_without_best_and_no_epochs_left_is_refused(tmp_path):
+    cfg = build_train_config(
+        {**FAST_DICT, "epochs": 1, "validation_classes": 2, "batch_size": 12, "out_dir": str(tmp_path), "run_name": "v"}
+    )
+    train(cfg)
+    (tmp_path / "v" / "best.safetensors").unlink()
+    with pytest.raises(S2SDError, match="best.safetensors is missing and no epochs remain.*--epochs 2 or more"):
+        resume(tmp_path / "v")
+    summary = resume(tmp_path / "v", epochs=2)
+    assert summary["shipped"]["epoch"] == 2 and (tmp_path / "v" / "best.safetensors").is_file()
+
+
 def test_files_follow_the_umask(tmp_path):
     code = "from s2sd_deploy.atomic_files import write_text_atomic; import sys; write_text_atomic(sys.argv[1], 'x')"
     for umask, mode in (("022", 0o644), ("027", 0o640)):

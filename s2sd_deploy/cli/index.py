@@ -74,11 +74,11 @@ def build(
         uri=uri,
         collection=collection,
     )
-    cfg.validate()
+    parsed = parse_shard(shard)
+    cfg.validate(parsed)
     from ..serving.images import list_images, shard_of
     from ..serving.indexing import build_index
 
-    parsed = parse_shard(shard)
     total = len(shard_of(list_images(images), parsed))
     with progress_bar(total, "indexing") as bar:
         manifest = build_index(images, model, out, cfg, parsed, progress=bar.update)

@@ -23,8 +23,7 @@ import numpy as np
 
 from ..errors import S2SDError
 from ..metrics import recall_against_exact
-from .index_config import KINDS  # noqa: F401  (the kinds this module builds)
-from .knn import openmp_threads, rerank
+from .knn import inner_products_by_id, openmp_threads, rerank
 
 EXACT_UP_TO = 200_000  # auto: a flat scan of 2e5 x 128-d vectors stays around 10 ms per query on 2 cores
 HNSW_LINKS = 32
@@ -33,6 +32,7 @@ HNSW_BUILD_DEPTH = 128  # efConstruction: a better graph for a slower build
 NPROBE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 EF_SEARCH_STEPS = (16, 32, 64, 128, 256, 512, 1024)
 REFINE = 4  # ivf-pq: candidates re-scored exactly per result wanted
+POINTS_PER_CENTROID = 39  # faiss's k-means warns with fewer training points per centroid
 
 
 @dataclass
@@ -65,9 +65,9 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, vectors: np.ndarray 
         if not refine:
             return index.search(queries, k)
         _, candidates = index.search(queries, refine * k)
-    rows = np.asarray(vectors[np.where(candidates < 0, 0, candidates)], dtype=np.float32)  # (Q, R, d)
-    scores = np.einsum("qrd,qd->qr", rows, queries)
-    scores[candidates < 0] = -np.inf
+    # A view of the memory-mapped float32 .npy and of in-memory galleries; only another dtype or layout is copied.
+    scores = inner_products_by_id(np.ascontiguousarray(vectors, dtype=np.float32), queries, candidates)
+    scores[candidates < 0] = -np.inf  # fewer candidates than asked: last, whatever faiss wrote there
     return rerank(candidates, scores, k)
 
 
@@ -87,7 +87,7 @@ def factory_string(kind: str, n: int, d: int) -> str:
         return "Flat"
     if kind == "hnsw":
         return f"HNSW{HNSW_LINKS}"
-    nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants about 39 training points per list
+    nlist = max(1, min(int(4 * np.sqrt(n)), n // POINTS_PER_CENTROID))
     if kind == "ivf-sq8":
         return f"IVF{nlist},SQ8"
     return f"IVF{nlist},PQ{pq_subvectors(d)}"
@@ -111,8 +111,11 @@ def build(vectors: np.ndarray, kind: str, seed: int = 0) -> tuple[faiss.Index, s
     if kind == "hnsw":
         index.hnsw.efConstruction = HNSW_BUILD_DEPTH
     if not index.is_trained:
-        faiss.extract_index_ivf(index).cp.seed = seed
-        sample = vectors[np.random.default_rng(seed).permutation(n)[: max(256 * 39, 64 * int(np.sqrt(n)))]]
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.seed = seed
+        centroids = max(256, ivf.nlist)  # the lists, and PQ's 256 codes per sub-vector, train on one sample
+        size = min(n, POINTS_PER_CENTROID * centroids)
+        sample = vectors[np.random.default_rng(seed).permutation(n)[:size]]
         index.train(np.ascontiguousarray(sample))
     index.add(vectors)
     return index, factory
@@ -139,9 +142,7 @@ def tune(
     refine = REFINE if kind == "ivf-pq" else 0
     rng = np.random.default_rng(seed)
     queries = vectors[rng.choice(len(vectors), min(sample, len(vectors)), replace=False)]
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    truth = exact.search(queries, 10)[1]
+    truth = faiss.knn(queries, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)[1]
     name, steps = ("efSearch", EF_SEARCH_STEPS) if kind == "hnsw" else ("nprobe", NPROBE_STEPS)
     if name == "nprobe":
         steps = [s for s in steps if s <= faiss.extract_index_ivf(index).nlist] or [1]

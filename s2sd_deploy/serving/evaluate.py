@@ -58,6 +58,7 @@ def evaluate(
     progress=None,
 ) -> dict:
     """Metrics of the student, the teacher and the cascades on the user's data (see the module docstring)."""
+    check_options(list(recall_ks), list(shortlists))
     if (data_root is None) == (query_root is None or gallery_root is None):
         raise S2SDError("pass either --data-root, or both --query-root and --gallery-root")
     embedder = Embedder(model)
@@ -87,6 +88,15 @@ def evaluate(
                 sets, shortlist, ks
             )
     return results
+
+
+def check_options(recall_ks: list[int], shortlists: list[int]) -> None:
+    """Refuse k and K values before any image is embedded."""
+    for option, values, example in (("--recall-ks", recall_ks, "1,2,4,8"), ("--rerank", shortlists, "20,50")):
+        if not values or min(values) < 1:
+            raise S2SDError(f"{option} takes one or more positive whole numbers, e.g. {example}; got {values!r}")
+    if min(shortlists) < max(recall_ks):  # recall@k of fewer than k candidates would be recall@K
+        raise S2SDError(f"--rerank {min(shortlists)} must be at least the largest --recall-ks {max(recall_ks)}")
 
 
 def embed_labelled(embedder, files: LabelledFiles, workers, skip_bad_images, with_teacher, progress):

@@ -20,7 +20,7 @@ def open_image(source, hint: str = SKIP_HINT) -> Image.Image:
     """An RGB PIL image from a path or an image. An undecodable file, or one larger than Pillow's
     decompression-bomb limit, raises S2SDError naming it (``hint`` says what the caller can do)."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return source if source.mode == "RGB" else source.convert("RGB")
     try:
         with Image.open(source) as image:
             return image.convert("RGB")

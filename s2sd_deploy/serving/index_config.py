@@ -27,7 +27,7 @@ class IndexConfig:
     uri: str | None = None  # milvus: a Milvus Lite file, or http://host:19530
     collection: str = "s2sd_gallery"
 
-    def validate(self) -> None:
+    def validate(self, shard: tuple[int, int] | None = None) -> None:
         if self.index not in KINDS:
             raise S2SDError(f"invalid --index {self.index!r}; choose one of: {', '.join(KINDS)}")
         if not 0 < self.min_recall <= 1:
@@ -39,3 +39,8 @@ class IndexConfig:
             raise S2SDError(f"invalid --backend {self.backend!r}; choose one of: faiss, milvus")
         if self.backend == MILVUS and not self.uri:
             raise S2SDError("--backend milvus needs --uri: a Milvus Lite file (e.g. gallery.db) or http://host:19530")
+        if self.backend == MILVUS and shard:  # each build fills the collection afresh, ids from 0
+            raise S2SDError(
+                "--shard works with the faiss backend only: a Milvus build replaces its whole collection; "
+                "index all the images in one build"
+            )

@@ -17,13 +17,19 @@ Files (``manifest.json`` is written last; an index without it is incomplete and 
 
 With the Milvus backend the vectors and paths live in the Milvus collection instead, and the directory keeps
 the manifest and the model. An interrupted build keeps its completed chunks in ``.build/`` and resumes from them.
+
+A new version of an index (a build, ``add``, a rebuild) is written into a sibling folder ``.NAME.writing`` that
+then replaces the directory by two renames, so an interrupted write leaves the previous complete index (or the
+chunks of the build) as they were, never a mix of old and new files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -81,6 +87,9 @@ class IndexDir:
     def open(cls, path: str | Path) -> IndexDir:
         index = cls(path)
         if not index.path.is_dir():
+            previous = index._sibling("previous")
+            if previous.is_dir():  # killed between the two renames of a replacement
+                raise S2SDError(f"index not found: {index.path}; its previous version is in {previous}: rename it back")
             raise S2SDError(f"index not found: {index.path}")
         if not (index.path / MANIFEST).is_file():
             unfinished = (index.path / BUILD).is_dir()
@@ -92,7 +101,7 @@ class IndexDir:
                     else "it is not an s2sd index (build one with `s2sd index build`)"
                 )
             )
-        index.manifest  # noqa: B018  (validates the manifest now)
+        index.check_files()
         return index
 
     @cached_property
@@ -102,6 +111,14 @@ class IndexDir:
             found = manifest.get("format") if isinstance(manifest, dict) else None
             raise S2SDError(f"{self.path / MANIFEST} is not an s2sd index of format {INDEX_FORMAT} (found {found!r})")
         return manifest
+
+    def check_files(self) -> None:
+        """The files have the sizes the manifest records: a directory whose files were changed or copied only in
+        part is refused instead of searched."""
+        for name, size in self.manifest.get("files", {}).items():
+            path = self.path / name
+            if not path.is_file() or path.stat().st_size != size:
+                raise S2SDError(f"{path} is missing or not the file {MANIFEST} records; rebuild the index")
 
     @property
     def model_path(self) -> Path:
@@ -132,21 +149,45 @@ class IndexDir:
 
     # --- writing ---------------------------------------------------------------------------------------
     def write(self, gallery: Gallery, model: Path, tuned, manifest: dict) -> dict:
-        """Write a complete faiss-backend index (files first, the manifest last) and return the manifest."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if model.resolve() != (self.path / MODEL).resolve():
-            with atomic_path(self.path / MODEL) as tmp:
-                shutil.copyfile(model, tmp)
-        save_npy(self.path / STUDENT, gallery.student.astype(np.float32))
-        if gallery.teacher is not None:
-            save_npy(self.path / TEACHER, np.asarray(gallery.teacher, dtype=np.float16))
-        else:
-            (self.path / TEACHER).unlink(missing_ok=True)
-        with atomic_path(self.path / FAISS) as tmp:
-            faiss.write_index(tuned.index, str(tmp))
-        write_jsonl(self.path / PATHS, gallery.paths)
-        write_jsonl(self.path / SKIPPED, gallery.skipped)
-        return self.write_manifest({**manifest, "index": tuned.describe()})
+        """Write a complete faiss-backend index (see :meth:`replacement`) and return the manifest."""
+        with self.replacement() as new:
+            new.copy_model(model)
+            save_npy(new.path / STUDENT, np.asarray(gallery.student, dtype=np.float32))
+            if gallery.teacher is not None:
+                save_npy(new.path / TEACHER, np.asarray(gallery.teacher, dtype=np.float16))
+            faiss.write_index(tuned.index, str(new.path / FAISS))
+            write_jsonl(new.path / PATHS, gallery.paths)
+            write_jsonl(new.path / SKIPPED, gallery.skipped)
+            return new.write_manifest({**manifest, "index": tuned.describe()})
+
+    @contextmanager
+    def replacement(self):
+        """An empty sibling :class:`IndexDir` to write the new version into (the manifest last). When the block
+        ends without an error it replaces this directory whole, ``.build/`` chunks included; when it raises, this
+        directory is left as it was."""
+        new = IndexDir(self._sibling("writing"))
+        shutil.rmtree(new.path, ignore_errors=True)  # left by an interrupted write
+        new.path.mkdir(parents=True)
+        try:
+            yield new
+        except BaseException:
+            shutil.rmtree(new.path, ignore_errors=True)
+            raise
+        previous = self._sibling("previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        if self.path.exists():
+            os.rename(self.path.resolve(), previous)
+        os.rename(new.path, self.path.resolve())
+        shutil.rmtree(previous, ignore_errors=True)
+        self.__dict__.pop("manifest", None)
+
+    def _sibling(self, role: str) -> Path:
+        real = self.path.resolve()  # beside a symlink's target, which is what gets replaced
+        return real.with_name(f".{real.name}.{role}")
+
+    def copy_model(self, model: Path) -> None:
+        with atomic_path(self.model_path) as tmp:
+            shutil.copyfile(model, tmp)
 
     def write_manifest(self, manifest: dict) -> dict:
         files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file() and p.name != MANIFEST}
@@ -177,15 +218,13 @@ class IndexDir:
     def chunk_file(self, number: int) -> Path:
         return self.build_folder / f"chunk-{number:06d}.npz"
 
-    def finish_build(self) -> None:
-        shutil.rmtree(self.build_folder, ignore_errors=True)
 
-
-def model_description(embedder) -> dict:
-    """What the manifest records of the model: a query embedded by another model would be meaningless."""
+def model_description(embedder, sha256: str) -> dict:
+    """What the manifest records of the model (``sha256``: its file's :func:`file_sha256`): a query embedded by
+    another model would be meaningless."""
     meta = embedder.metadata
     return {
-        "file_sha256": file_sha256(embedder.path),
+        "file_sha256": sha256,
         "run_id": meta.get("run_id"),
         "config_hash": meta.get("config_hash"),
         "embedding_dim": embedder.dim,

@@ -8,11 +8,11 @@ would have made: the same vectors in the same order, the same index.
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from ..atomic_files import atomic_path, check_output_folder
@@ -28,35 +28,28 @@ def build_index(
     inputs: list, model: Path, out: Path, cfg: IndexConfig, shard: tuple[int, int] | None = None, progress=None
 ) -> dict:
     """Embed the images (files and folders) with ``model`` and write the index directory ``out``."""
-    cfg.validate()
+    cfg.validate(shard)
     check_output_folder(out, "--out")
     embedder = Embedder(model, batch_size=cfg.batch_size)
+    sha256 = file_sha256(embedder.path)
     paths = shard_of(list_images(inputs), shard)
     index = IndexDir(out)
-    started = time.perf_counter()
-    gallery = embed_in_chunks(index, embedder, paths, cfg, shard, progress)
-    seconds = time.perf_counter() - started
+    gallery, timing = embed_in_chunks(index, embedder, sha256, paths, cfg, shard, progress)
     manifest = {
-        "model": model_description(embedder),
+        "model": model_description(embedder, sha256),
         "shard": list(shard) if shard else None,
-        "build": {
-            "embed_s": round(seconds, 2),
-            "images_per_s": round(len(paths) / max(seconds, 1e-9), 1),
-            "chunk_size": cfg.chunk_size,
-            "options": asdict(cfg),
-        },
+        "build": {**timing, "chunk_size": cfg.chunk_size, "options": asdict(cfg)},
     }
-    written = write_index(index, gallery, embedder.path, cfg, manifest)
-    index.finish_build()
-    return written
+    return write_index(index, gallery, embedder.path, cfg, manifest)
 
 
 def embed_in_chunks(
-    index: IndexDir, embedder: Embedder, paths: list[Path], cfg: IndexConfig, shard, progress
-) -> Gallery:
-    """The gallery's embeddings, chunk by chunk; chunks completed by an interrupted build are read back."""
+    index: IndexDir, embedder: Embedder, sha256: str, paths: list[Path], cfg: IndexConfig, shard, progress
+) -> tuple[Gallery, dict]:
+    """The gallery's embeddings, chunk by chunk, and the timing of those embedded now; chunks completed by an
+    interrupted build are read back (and counted as resumed)."""
     plan = {
-        "model_sha256": file_sha256(embedder.path),
+        "model_sha256": sha256,
         "paths": [str(p) for p in paths],
         "chunk_size": cfg.chunk_size,
         "skip_bad_images": cfg.skip_bad_images,
@@ -64,19 +57,28 @@ def embed_in_chunks(
     }
     index.start_build(plan)
     with_teacher = embedder.teacher_dim is not None
-    parts = []
+    parts, embedded, seconds = [], 0, 0.0
     for number, start in enumerate(range(0, len(paths), cfg.chunk_size)):
         chunk = paths[start : start + cfg.chunk_size]
         chunk_file = index.chunk_file(number)
         if not chunk_file.is_file():
+            started = time.perf_counter()
             result = embed_files(embedder, chunk, cfg.workers, cfg.skip_bad_images, None, with_teacher)
             save_chunk(chunk_file, result)
+            seconds += time.perf_counter() - started
+            embedded += len(chunk)
         parts.append(load_chunk(chunk_file))
         if progress:
             progress(len(chunk))
     if not parts or not sum(len(p) for p in parts):
         raise S2SDError("no image of the gallery could be embedded")
-    return Gallery.concatenate(parts)
+    timing = {
+        "embed_s": round(seconds, 2),
+        "images_embedded": embedded,
+        "images_resumed": len(paths) - embedded,
+        "images_per_s": round(embedded / seconds, 1) if embedded else None,
+    }
+    return Gallery.concatenate(parts), timing
 
 
 def save_chunk(path: Path, result) -> None:
@@ -110,7 +112,7 @@ def write_index(index: IndexDir, gallery: Gallery, model: Path, cfg: IndexConfig
     built, factory = ann.build(gallery.student, kind, cfg.seed)
     tuned = ann.tune(built, kind, factory, gallery.student, cfg.min_recall, cfg.recall_queries, cfg.seed)
     build = {**manifest.get("build", {}), "index_s": round(time.perf_counter() - started, 2)}
-    backend = {"name": "faiss", "faiss_version": getattr(__import__("faiss"), "__version__", None)}
+    backend = {"name": "faiss", "faiss_version": faiss.__version__}
     return index.write(
         gallery,
         model,
@@ -124,24 +126,19 @@ def write_milvus(index: IndexDir, gallery: Gallery, model: Path, cfg: IndexConfi
 
     kind = "flat" if cfg.index == "auto" else cfg.index.split("-")[0]
     teacher_dim = None if gallery.teacher is None else gallery.teacher.shape[1]
-    store = MilvusGallery.create(
-        cfg.uri,
-        cfg.collection,
-        gallery.student.shape[1],
-        teacher_dim,
-        metadata=manifest["model"],
-        index=kind,
-        overwrite=True,
-    )
-    teacher = None if gallery.teacher is None else np.asarray(gallery.teacher, dtype=np.float32)
-    store.add(np.arange(len(gallery), dtype=np.int64), gallery.student, teacher, gallery.paths)
-    store.close()
-    index.path.mkdir(parents=True, exist_ok=True)
-    write_jsonl(index.path / SKIPPED, gallery.skipped)
-    with atomic_path(index.model_path) as tmp:
-        shutil.copyfile(model, tmp)
-    backend = {"name": MILVUS, "uri": cfg.uri, "collection": cfg.collection}
-    return index.write_manifest({**manifest, "backend": backend, "index": {"kind": kind, "milvus": True}})
+    # A Milvus Lite file is found from any working directory; a server's URI stays as given.
+    uri = cfg.uri if "://" in cfg.uri else str(Path(cfg.uri).resolve())
+    student_dim = gallery.student.shape[1]
+    with MilvusGallery.create(
+        uri, cfg.collection, student_dim, teacher_dim, metadata=manifest["model"], index=kind, overwrite=True
+    ) as store:
+        teacher = None if gallery.teacher is None else np.asarray(gallery.teacher, dtype=np.float32)
+        store.add(np.arange(len(gallery), dtype=np.int64), gallery.student, teacher, gallery.paths)
+    backend = {"name": MILVUS, "uri": uri, "collection": cfg.collection}
+    with index.replacement() as new:
+        write_jsonl(new.path / SKIPPED, gallery.skipped)
+        new.copy_model(model)
+        return new.write_manifest({**manifest, "backend": backend, "index": {"kind": kind, "milvus": True}})
 
 
 def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None) -> dict:
@@ -150,8 +147,8 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
     index = IndexDir.open(index_path)
     if index.backend != "faiss":
         raise S2SDError(
-            f"{index.path} is a {index.backend} index: add to it with `s2sd index build --backend "
-            f"{index.backend}` into the same collection"
+            f"{index.path} is a {index.backend} index, and `s2sd index add` extends faiss indexes only: rebuild it "
+            f"with `s2sd index build --backend {index.backend}` over all its images, old and new"
         )
     existing = index.gallery()
     known = set(existing.paths)
@@ -173,7 +170,7 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
     manifest["added"] = manifest.get("added", []) + [
         {"images": len(added), "skipped": len(added.skipped), "embed_s": round(time.perf_counter() - started, 2)}
     ]
-    cfg.index = index.manifest.get("index_requested", index.manifest["index"]["kind"])
+    cfg = replace(cfg, index=index.manifest.get("index_requested", index.manifest["index"]["kind"]))
     return write_index(index, gallery, index.model_path, cfg, manifest)
 
 
@@ -187,7 +184,7 @@ def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig) -> dict:
     if len(models) != 1:
         raise S2SDError(f"the shards were embedded by {len(models)} different models; merge only shards of one model")
     if any(index.backend != "faiss" for index in opened):
-        raise S2SDError("only faiss indexes merge; a Milvus collection already takes writes from several machines")
+        raise S2SDError("only faiss indexes merge; build a Milvus index in one `s2sd index build` over all the images")
     gallery = Gallery.concatenate([index.gallery() for index in opened])
     first = opened[0].manifest
     manifest = {

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import S2SDError
 from . import ann, knn
 from .embedder import Embedder
-from .index_dir import STUDENT, IndexDir
+from .index_dir import IndexDir
 
 
 @dataclass
@@ -132,8 +132,8 @@ class FaissStore:
     def __init__(self, index: IndexDir):
         self.index = index.faiss_index()
         self.refine = index.manifest["index"].get("refine", 0)
-        self.vectors = np.load(index.path / STUDENT, mmap_mode="r")  # read only for ivf-pq's exact re-scoring
         gallery = index.gallery(teacher_in_memory=False)
+        self.vectors = gallery.student  # memory-mapped: read only for ivf-pq's exact re-scoring
         self.teacher = gallery.teacher
         self._paths = np.array(gallery.paths + [""], dtype=object)  # the last entry answers id -1
 

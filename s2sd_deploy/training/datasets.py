@@ -235,8 +235,8 @@ def hold_out_classes(train: ImageSet, count: int) -> tuple[ImageSet, ImageSet]:
     first_held = train.num_classes - count
     keep, held = np.flatnonzero(train.labels < first_held), np.flatnonzero(train.labels >= first_held)
     parts = [
-        ImageSet([train.sources[i] for i in rows], train.labels[rows] - offset, train.root)
-        for rows, offset in ((keep, 0), (held, first_held))
+        ImageSet([train.sources[i] for i in rows], train.labels[rows] - offset, train.root, skipped)
+        for rows, offset, skipped in ((keep, 0, train.skipped), (held, first_held, 0))
     ]
     return parts[0], parts[1]
 

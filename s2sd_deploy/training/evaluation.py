@@ -28,13 +28,14 @@ def embed_split(
     was_training = model.training
     model.eval()
     students, teachers = [], [[] for _ in model.teachers]
+    deployed = model.deployed()
     for batch, _ in eval_loader(images, cfg, batch_size):
         batch = batch.to(device)
         if with_teachers:
             output = model(batch)
             student, heads = output.embeddings, output.teacher_embeddings
         else:
-            student, heads = model.deployed()(batch), []
+            student, heads = deployed(batch), []
         students.append(student.float().cpu())
         for store, embedding in zip(teachers, heads):
             store.append(embedding.float().cpu())

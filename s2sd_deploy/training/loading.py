@@ -33,14 +33,15 @@ class LabelledImages(torch.utils.data.Dataset):
 
 def eval_transform(preprocessing: Preprocessing) -> Callable:
     """Paper: Resize(256) + CenterCrop(224) + ImageNet normalisation (as ``preprocessing`` says)."""
-    return T.Compose(
-        [
-            T.Resize(preprocessing.resize_size, interpolation=T.InterpolationMode(preprocessing.interpolation)),
-            T.CenterCrop(preprocessing.image_size),
-            T.ToTensor(),
-            T.Normalize(preprocessing.mean, preprocessing.std),
-        ]
-    )
+    return T.Compose([*eval_crop(preprocessing), T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)])
+
+
+def eval_crop(preprocessing: Preprocessing) -> list[Callable]:
+    """The resize of the shorter side and the centre crop that ``preprocessing`` describes."""
+    return [
+        T.Resize(preprocessing.resize_size, interpolation=T.InterpolationMode(preprocessing.interpolation)),
+        T.CenterCrop(preprocessing.image_size),
+    ]
 
 
 def train_transform(cfg) -> Callable:
@@ -50,8 +51,7 @@ def train_transform(cfg) -> Callable:
     preprocessing = cfg.preprocessing()
     if cfg.augmentation == "affine":
         steps = [
-            T.Resize(cfg.resize_size),
-            T.CenterCrop(cfg.image_size),
+            *eval_crop(preprocessing),
             T.RandomAffine(degrees=8, translate=(0.08, 0.08), scale=(0.88, 1.12), shear=6),
             StrokeWidth(probability=0.4),
             T.RandomApply([T.GaussianBlur(3, sigma=(0.2, 0.8))], p=0.3),

@@ -122,12 +122,11 @@ class MultiSimilarity(nn.Module):
         similarity = embeddings @ embeddings.T  # (B, B)
         mined_positives, mined_negatives = self.mine(similarity.detach(), labels)
         has_pairs = mined_positives.any(1) & mined_negatives.any(1)
-        if not has_pairs.any():
-            return zero_loss(embeddings)
         positive_term = log_one_plus_sum_exp(-self.pos_weight * (similarity - self.threshold), mined_positives)
         negative_term = log_one_plus_sum_exp(self.neg_weight * (similarity - self.threshold), mined_negatives)
         per_anchor = positive_term / self.pos_weight + negative_term / self.neg_weight  # (B,)
-        return per_anchor[has_pairs].mean()
+        # Rows without mined pairs are log(1) = 0 with finite gradients, so masking them needs no device sync.
+        return torch.where(has_pairs, per_anchor, 0).sum() / has_pairs.sum().clamp_min(1)
 
     def mine(self, similarity: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, B) masks of the mined positives and negatives of every anchor (row)."""
@@ -201,7 +200,7 @@ class DistanceWeightedMargin(nn.Module):
         negative_terms = F.relu(beta - distance(anchor, negative) + self.margin)
         active = (positive_terms > 0).sum() + (negative_terms > 0).sum()
         total = (positive_terms + negative_terms).sum()
-        return total / active if active > 0 else total
+        return total / active.clamp_min(1)  # the plain sum when no term is positive
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.triplet_loss(embeddings, labels, self.sample(embeddings, labels))
@@ -272,7 +271,7 @@ def kl_to_teacher(student_log_probs: torch.Tensor, teacher_unit_rows: torch.Tens
 @dataclass
 class LossParts:
     total: torch.Tensor
-    parts: dict[str, float] = field(default_factory=dict)  # for logging, detached
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # for logging, detached scalars
 
 
 class S2SDLoss(nn.Module):
@@ -307,7 +306,7 @@ class S2SDLoss(nn.Module):
     def _loss(self, output: ModelOutput, labels: torch.Tensor, step: int) -> LossParts:
         student_loss = self.student_criterion(output.embeddings, labels)
         if not self.teacher_criteria:  # plain baseline
-            return LossParts(student_loss, {"dml": student_loss.item()})
+            return LossParts(student_loss, {"dml": student_loss.detach()})
         teacher_losses = torch.stack(
             [criterion(t, labels) for criterion, t in zip(self.teacher_criteria, output.teacher_embeddings)]
         )
@@ -317,12 +316,13 @@ class S2SDLoss(nn.Module):
             [kl_to_teacher(student_log_probs, t, self.temperature) for t in output.teacher_embeddings]
         )
         dml = 0.5 * (student_loss + teacher_losses.mean())
-        total = dml + self.distill_weight * distill.mean()
-        parts = {"dml": dml.item(), "distill": distill.mean().item()}
+        distill_mean = distill.mean()
+        total = dml + self.distill_weight * distill_mean
+        parts = {"dml": dml.detach(), "distill": distill_mean.detach()}
         if self.feature_distill and step >= self.feature_delay:
             feature_kl = kl_to_teacher(student_log_probs, F.normalize(output.features, dim=-1), self.temperature)
             total = total + self.feature_weight * feature_kl
-            parts["feature_distill"] = feature_kl.item()
+            parts["feature_distill"] = feature_kl.detach()
         return LossParts(total, parts)
 
 

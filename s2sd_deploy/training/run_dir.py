@@ -16,6 +16,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -208,6 +209,11 @@ class RunDir:
     # --- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, name: str, **state) -> None:
         save_checkpoint(self.path / name, **state)
+
+    def copy_checkpoint(self, source: str, name: str) -> None:
+        """Write checkpoint ``name`` atomically as a copy of ``source``, without serialising the state again."""
+        with atomic_path(self.path / name) as tmp:
+            shutil.copyfile(self.path / source, tmp)
 
     def load_checkpoint(self, name: str) -> dict[str, Any]:
         return load_checkpoint(self.path / name)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..errors import Interrupted, MissingDependencyError, S2SDError, TrainingDiverged
 from .config import TrainConfig
-from .datasets import fingerprint, load_splits, splits_for
+from .datasets import fingerprint, hold_out_classes, load_splits
 from .distributed import init_distributed, select_device, shutdown_distributed
 from .evaluation import evaluate_model
 from .loading import LabelledImages, train_transform
@@ -75,7 +75,13 @@ class Trainer:
         self.started = time.time()  # moved back by the time earlier sessions of a resumed run took
         self.device = check_machine(cfg)
         self.dist = init_distributed(self.device.type == "cuda")
-        self.train_set, self.test_set = splits_for(cfg)
+        train_set, self.final_test_set = load_splits(cfg.dataset, cfg.data_root, cfg.skip_bad_images)
+        # test_set is what every epoch evaluates on: the held-out validation classes, if any, else the test split.
+        self.train_set, self.test_set = (
+            hold_out_classes(train_set, cfg.validation_classes)
+            if cfg.validation_classes
+            else (train_set, self.final_test_set)
+        )
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg).to(self.device)
         self.loss = build_loss(cfg, self.train_set.num_classes).to(self.device)
@@ -147,6 +153,11 @@ class Trainer:
         if self.state["best_epoch"] is None:
             return
         if not (self.run.path / BEST).is_file():
+            if self.cfg.validation_classes and self.state["epoch"] >= self.cfg.epochs:  # BEST is what ships
+                raise S2SDError(
+                    f"{self.run.path / BEST} is missing and no epochs remain to choose it again; "
+                    f"pass --epochs {self.state['epoch'] + 1} or more to train more"
+                )
             log.warning("%s is missing: the best epoch is chosen again from the remaining epochs", BEST)
             self.state.update(best_recall=-1.0, best_epoch=None)
             return
@@ -222,7 +233,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state["global_step"] += 1
-        return {"loss": result.total.item(), **result.parts}
+        parts = {"loss": result.total.detach(), **result.parts}
+        return dict(zip(parts, torch.stack(list(parts.values())).tolist()))  # one device sync for all parts
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, batch_index: int) -> None:
         bad = (~torch.isfinite(loss.detach())).float()
@@ -274,7 +286,7 @@ class Trainer:
         )
         self.run.save_checkpoint(LAST, **checkpoint)
         if improved:
-            self.run.save_checkpoint(BEST, **checkpoint)
+            self.run.copy_checkpoint(LAST, BEST)
         self.run.write_metrics(self.history)
 
     def _finish(self) -> dict:
@@ -311,9 +323,8 @@ class Trainer:
 
     def _evaluate_shipped_on_test(self) -> dict:
         """The shipped (best validation) checkpoint on the test classes: evaluated once, never used to choose."""
-        _, test = load_splits(self.cfg.dataset, self.cfg.data_root, self.cfg.skip_bad_images)
         self.model.load_state_dict(self.run.load_checkpoint(BEST)["model"])
-        return evaluate_model(self.model, test, self.cfg, self.device)
+        return evaluate_model(self.model, self.final_test_set, self.cfg, self.device)
 
 
 class _TrainStep(torch.nn.Module):
