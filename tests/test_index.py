@@ -50,20 +50,26 @@ def files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.png"))
 
 
+def stored(paths) -> list[str]:
+    """How an index stores paths: absolute and resolved."""
+    return [str(Path(p).resolve()) for p in paths]
+
+
 def test_build_writes_a_complete_self_describing_index(flat_index, exported_model, gallery):
     manifest = json.loads((flat_index / "manifest.json").read_text())
-    assert manifest["format"] == "s2sd-index/1" and manifest["counts"] == {"images": 240, "skipped": 0}
+    assert manifest["format"] == "s2sd-index/2" and manifest["counts"] == {"images": 240, "skipped": 0}
     assert manifest["model"]["run_id"] == "tiny" and manifest["model"]["config_hash"]
     assert (manifest["model"]["embedding_dim"], manifest["model"]["teacher_dim"]) == (16, 128)
     assert manifest["index"]["kind"] == "flat" and manifest["build"]["images_per_s"] > 0
     assert set(manifest["files"]) >= {"model.onnx", "student.npy", "student.faiss", "teacher.npy", "paths.jsonl"}
     assert not (flat_index / ".build").exists()
     index = IndexDir.open(flat_index)
-    stored = index.gallery()
-    assert stored.paths == [str(p) for p in files(gallery)] and stored.teacher.dtype == np.float16
+    written = index.gallery()
+    assert written.paths == stored(files(gallery)) and written.teacher.dtype == np.float16
     student, teacher = Embedder(exported_model).embed(files(gallery), with_teacher=True)
-    np.testing.assert_allclose(stored.student, student, atol=1e-6)
-    np.testing.assert_allclose(stored.teacher, teacher, atol=2e-3)  # float16
+    np.testing.assert_allclose(written.student, student, atol=1e-6)
+    np.testing.assert_allclose(written.teacher, teacher, atol=2e-3)  # float16
+    assert all(set(entry) >= {"bytes", "sha256"} for entry in manifest["files"].values())
 
 
 def test_flat_search_equals_exact_search(flat_index, exported_model, gallery):
@@ -75,7 +81,7 @@ def test_flat_search_equals_exact_search(flat_index, exported_model, gallery):
     for q in range(len(queries)):
         order = np.argsort(-expected_scores[q], kind="stable")[:5]
         np.testing.assert_allclose(result.scores[q], expected_scores[q][order], atol=1e-5)
-        assert result.paths[q] == [str(files(gallery)[i]) for i in result.ids[q]]
+        assert result.paths[q] == [stored(files(gallery))[i] for i in result.ids[q]]
     assert result.ids[:, 0].tolist() == [files(gallery).index(q) for q in queries]  # each query finds itself
 
 
@@ -138,7 +144,7 @@ def test_add_appends_images(flat_index, gallery, exported_model, tmp_path):
     grown = IndexDir.open(tmp_path / "grown").gallery()
     whole = IndexDir.open(flat_index).gallery()
     np.testing.assert_array_equal(grown.student[120:], whole.student[120:])
-    with pytest.raises(S2SDError, match="every image given is already in"):
+    with pytest.raises(S2SDError, match="all 120 images given are already in .*grown \\(same path\\)"):
         add_to_index(tmp_path / "grown", rest, IndexConfig())
 
 
@@ -171,8 +177,6 @@ def test_an_interrupted_build_resumes_from_its_last_chunk(gallery, exported_mode
 
 
 def test_an_interrupted_add_leaves_the_previous_index_whole(gallery, exported_model, tmp_path, monkeypatch):
-    import s2sd_deploy.serving.index_dir as index_dir
-
     def killed(*args):
         raise RuntimeError("killed")
 
@@ -180,23 +184,22 @@ def test_an_interrupted_add_leaves_the_previous_index_whole(gallery, exported_mo
     build_index(files(gallery)[:60], exported_model, kept, IndexConfig(index="flat"))
     queries = files(gallery)[100:103]
     before = Searcher(kept).search(queries, k=5)
-    monkeypatch.setattr(index_dir, "write_jsonl", killed)  # after the vectors and the faiss index are written
+    monkeypatch.setattr(IndexDir, "write_jsonl", killed)  # after the vectors and the faiss index are written
     with pytest.raises(RuntimeError, match="killed"):
         add_to_index(kept, files(gallery)[60:90], IndexConfig())
     monkeypatch.undo()
-    assert IndexDir.open(kept).gallery().paths == [str(p) for p in files(gallery)[:60]]
+    assert IndexDir.open(kept).gallery().paths == stored(files(gallery)[:60])
     after = Searcher(kept).search(queries, k=5)
     assert np.array_equal(after.ids, before.ids) and after.paths == before.paths
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # nothing left beside it
     add_to_index(kept, files(gallery)[60:90], IndexConfig())
     assert len(IndexDir.open(kept).gallery()) == 90
     (kept / "paths.jsonl").write_text('"only-one.png"\n')
-    with pytest.raises(S2SDError, match="paths.jsonl is missing or not the file manifest.json records"):
+    with pytest.raises(S2SDError, match=r"index .*kept is damaged: paths.jsonl \(\d+ bytes, \d+ expected\)"):
         IndexDir.open(kept)
 
 
 def test_a_build_killed_while_writing_resumes_without_embedding_again(gallery, exported_model, tmp_path, monkeypatch):
-    import s2sd_deploy.serving.index_dir as index_dir
     import s2sd_deploy.serving.indexing as indexing
 
     def killed(*args):
@@ -204,7 +207,7 @@ def test_a_build_killed_while_writing_resumes_without_embedding_again(gallery, e
 
     cfg = IndexConfig(index="flat", chunk_size=25)
     with monkeypatch.context() as patch:
-        patch.setattr(index_dir, "write_jsonl", killed)
+        patch.setattr(IndexDir, "write_jsonl", killed)
         with pytest.raises(RuntimeError, match="killed"):
             build_index(files(gallery)[:60], exported_model, tmp_path / "index", cfg)
     monkeypatch.setattr(indexing, "embed_files", killed)  # every chunk must be read back
