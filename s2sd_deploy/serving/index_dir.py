@@ -53,6 +53,7 @@ import numpy as np
 
 from .. import __version__
 from ..atomic_files import atomic_path, write_json_atomic
+from ..disk_space import disk_errors
 from ..errors import S2SDError
 from ..locks import ExclusiveLock
 from ..output_folders import foreign_entries
@@ -281,6 +282,14 @@ class IndexDir:
             raise S2SDError(f"{self.path} has no {name} (its {MANIFEST} does not list it)")
         return self._files[name]
 
+    def check_whole(self, name: str) -> None:
+        """Check every byte of the opened file ``name`` against its checksum (the model, before it is loaded:
+        onnxruntime reads it whole anyway, and a damaged weight would give wrong answers, not an error)."""
+        entry = self.manifest.get("files", {}).get(name)
+        found = entry is not None and checksums.problem(self._pinned(name).fileno(), entry, full=True)
+        if found:
+            raise S2SDError(self._damaged([f"{name} ({found})"]))
+
     def has(self, name: str) -> bool:
         return name in self._files
 
@@ -346,8 +355,9 @@ class IndexDir:
         """Hold this index for one writer (released by ``with``, or when the process ends however it ends), and
         put back a previous version that a writer killed mid-swap left beside it."""
         lock_file = self._sibling("lock")
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        held = ExclusiveLock(lock_file).acquire(BUSY.format(path=self.path))
+        with disk_errors(lock_file, after="; the index's lock file is written beside it"):
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            held = ExclusiveLock(lock_file).acquire(BUSY.format(path=self.path))
         previous, real = self._sibling("previous"), self._real_path()
         if not real.exists() and (previous / MANIFEST).is_file():
             os.rename(previous, real)

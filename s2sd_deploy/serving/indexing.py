@@ -35,7 +35,7 @@ from . import ann
 from .embedder import Embedder, embed_files
 from .images import list_images, shard_of
 from .index_config import MILVUS, IndexConfig
-from .index_dir import MANIFEST, OWN_NAMES, SKIPPED, Gallery, IndexDir, file_sha256, model_description
+from .index_dir import MANIFEST, MODEL, OWN_NAMES, SKIPPED, Gallery, IndexDir, file_sha256, model_description
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_index(
                 f"{out} is unchanged and the images embedded so far are kept in {out / '.build'}; run the same "
                 f"command again to resume"
             )
-            with interrupted(resume), disk_errors(out / ".build", after=" (the completed chunks are kept)"):
+            with interrupted(resume), disk_errors(out / ".build", after="; the completed chunks are kept"):
                 gallery, timing = embed_in_chunks(index, embedder, sha256, paths, cfg, shard, progress)
         manifest = {
             "index_id": index_id,
@@ -95,7 +95,8 @@ def build_index(
             "duplicates_skipped": skipped_duplicates,
         }
         with interrupted(resume):
-            return write_index(index, gallery, embedder.path, sha256, cfg, manifest, previous)
+            kept = f"; {resume}"
+            return write_index(index, gallery, embedder.path, sha256, cfg, manifest, previous, kept)
 
 
 def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None) -> dict:
@@ -119,6 +120,7 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
                 f"all {len(candidates)} images given are already in {index_path} (same {cfg.dedupe}); nothing was "
                 f"added (--dedupe none adds them again)"
             )
+        current.check_whole(MODEL)
         embedder = Embedder(current.model_file(), batch_size=cfg.batch_size)
         sha256 = current.manifest["model"]["file_sha256"]
         total = len(existing) + len(paths)
@@ -147,7 +149,8 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
                 }
             ]
             cfg = replace(cfg, index=current.manifest.get("index_requested", current.manifest["index"]["kind"]))
-            return write_index(index, gallery, current.model_file(), sha256, cfg, manifest, current.manifest)
+            kept = f"; {index_path} is unchanged (nothing was added)"
+            return write_index(index, gallery, current.model_file(), sha256, cfg, manifest, current.manifest, kept)
 
 
 def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool = False) -> dict:
@@ -171,6 +174,7 @@ def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool =
         unique, skipped_duplicates = unique_rows(gallery.paths, cfg)
         gallery = gallery.select(unique) if skipped_duplicates else gallery
         first = opened[0]
+        first.check_whole(MODEL)
         manifest = {
             "index_id": (previous or {}).get("index_id") or uuid.uuid4().hex,
             "model": first.manifest["model"],
@@ -182,9 +186,8 @@ def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool =
         embedder_dims = (first.manifest["model"]["embedding_dim"], first.manifest["model"]["teacher_dim"])
         check_free_space(out, estimated_bytes(len(gallery), embedder_dims, gallery.paths, cfg=cfg), "OUT")
         with interrupted(f"{out} is unchanged; run the same command again"):
-            return write_index(
-                index, gallery, first.model_file(), first.manifest["model"]["file_sha256"], cfg, manifest, previous
-            )
+            sha256, kept = first.manifest["model"]["file_sha256"], f"; {out} is unchanged"
+            return write_index(index, gallery, first.model_file(), sha256, cfg, manifest, previous, kept)
 
 
 KEPT_OUT_OF_COPIES = ("format", "files", "written", "index", "version_id", "package_version")
@@ -439,7 +442,32 @@ def read_embeddings(path: Path, embedder: Embedder, sha256: str) -> Gallery:
     if not np.isfinite(vectors).all():
         raise S2SDError(f"{path}: embeddings contain NaN or infinite values")
     skipped = [[resolved(p), NPZ_SKIPPED] for p in stored.get("skipped", np.array([], dtype=str)).reshape(-1).tolist()]
-    return Gallery(vectors, None, [resolved(p) for p in paths.tolist()], skipped)
+    gallery = Gallery(vectors, None, [resolved(p) for p in paths.tolist()], skipped)
+    check_same_model(path, gallery, embedder)
+    return gallery
+
+
+SPOT_CHECKS = 4
+SAME_MODEL_COSINE = 0.999  # onnxruntime on another provider or machine differs by far less
+
+
+def check_same_model(path: Path, gallery: Gallery, embedder: Embedder) -> None:
+    """Embed a few of the files whose vectors ``path`` holds (those still there) and compare: the run id says
+    which run made the vectors, this proves the model gives them."""
+    rows = [i for i in range(len(gallery)) if Path(gallery.paths[i]).is_file()][:SPOT_CHECKS]
+    if not rows:
+        return
+    try:
+        fresh = embedder.embed([gallery.paths[i] for i in rows])
+    except S2SDError:
+        return  # a file that no longer decodes proves nothing either way
+    cosines = np.einsum("nd,nd->n", fresh, gallery.student[rows])
+    if cosines.min() < SAME_MODEL_COSINE:
+        worst = rows[int(np.argmin(cosines))]
+        raise S2SDError(
+            f"{path} was not embedded by --model {embedder.path}: {gallery.paths[worst]} embeds to cosine "
+            f"{cosines.min():.3f} of the stored vector; pass the model that made it"
+        )
 
 
 # --- space ------------------------------------------------------------------------------------------------------
@@ -468,11 +496,12 @@ def write_index(
     cfg: IndexConfig,
     manifest: dict,
     previous: dict | None = None,
+    kept: str = "",
 ) -> dict:
-    """Build (and tune) the faiss index over the gallery, or fill a new Milvus collection, then write the directory."""
+    """Build (and tune) the faiss index over the gallery, or fill a new Milvus collection, then write the directory.
+    ``kept`` ends the message of a write the disk refuses: what is left as it was."""
     counts = {"images": len(gallery), "skipped": len(gallery.skipped)}
     manifest = {**manifest, "counts": counts}
-    kept = " (the previous index is unchanged)"
     if cfg.backend == MILVUS:
         with disk_errors(index.path, after=kept):
             return write_milvus(index, gallery, model, model_sha256, cfg, manifest, previous)

@@ -28,7 +28,7 @@ from ..disk_space import human_bytes
 from ..errors import S2SDError
 from . import ann, knn
 from .embedder import Embedder
-from .index_dir import FAISS, MANIFEST, PATHS, STUDENT, TEACHER, IndexDir
+from .index_dir import FAISS, MANIFEST, MODEL, PATHS, STUDENT, TEACHER, IndexDir
 
 MAX_RESULTS = 10**9  # per query: more than any one index holds
 RERANK_BATCH_BYTES = 256 * 2**20  # teacher rows of the shortlists re-scored at once
@@ -70,7 +70,6 @@ class Searcher:
         self.index = index if isinstance(index, IndexDir) else IndexDir.open(index)
         manifest = self.index.manifest
         self.dim = manifest["model"]["embedding_dim"]
-        self.teacher_dim = manifest["model"]["teacher_dim"]
         self.size = manifest.get("counts", {}).get("images")
         self._embedder_options = (providers, threads)
         self._embedder: Embedder | None = None
@@ -83,6 +82,7 @@ class Searcher:
             backend = manifest["backend"]
             self.store = MilvusGallery.open(backend["uri"], backend["collection"])
             self._check_collection(backend)
+        self.teacher_dim = self.store.teacher_dim  # None for a model without teacher, or an index of s2sd embed's .npz
         if self.size is None:  # written before the manifest counted images
             self.size = self.store.count() if self.index.backend != "faiss" else len(self.store.vectors)
 
@@ -124,6 +124,7 @@ class Searcher:
         with self._embedder_lock:
             if self._embedder is None:
                 providers, threads = self._embedder_options
+                self.index.check_whole(MODEL)
                 self._embedder = Embedder(self.index.model_file(), providers=providers, threads=threads)
         return self._embedder
 
@@ -148,8 +149,8 @@ class Searcher:
                 )
         if rerank and self.teacher_dim is None:
             raise S2SDError(
-                f"{self.index.path} has no teacher vectors: its model was exported without "
-                f"--with-teacher, so it cannot re-rank"
+                f"{self.index.path} has no teacher vectors (its model was exported without --with-teacher, or it "
+                f"was built from the .npz files of `s2sd embed`), so it cannot re-rank"
             )
         if rerank and rerank < k:
             raise S2SDError(f"--rerank {rerank} must be at least --k {k}: the re-rank chooses k of the top {rerank}")
@@ -240,6 +241,7 @@ class FaissStore:
         gallery = index.gallery(teacher_in_memory=False)
         self.vectors = gallery.student  # memory-mapped: read only for ivf-pq's exact re-scoring
         self.teacher = gallery.teacher
+        self.teacher_dim = None if gallery.teacher is None else gallery.teacher.shape[1]
         self._paths = np.array(gallery.paths + [""], dtype=object)  # the last entry answers id -1
         check_rows(index, self.index.ntotal, gallery)
 
