@@ -546,7 +546,7 @@ def test_readers_never_see_a_half_swapped_version(tmp_path):
         gallery = Gallery(vectors, vectors[:, :4].astype(np.float16), [f"/g/{rows}/{i}.png" for i in range(rows)], [])
         built, factory = build(vectors, "flat")
         manifest = {"model": {"embedding_dim": 8, "teacher_dim": 4}, "counts": {"images": rows, "skipped": 0}}
-        index.write(gallery, model, None, tune(built, "flat", factory, vectors, 0.9), manifest)
+        index.write(gallery, model, tune(built, "flat", factory, vectors, 0.9), manifest)
 
     version(10)
     errors, opened, done = [], [], threading.Event()
@@ -662,3 +662,14 @@ client.delete(sys.argv[2], filter="id >= 0")  # emptied behind the index's back
 client.flush(sys.argv[2])
 client.close()
 """
+
+
+def test_the_writer_lock_names_its_holder_and_is_removed_safely(tmp_path):
+    first = ExclusiveLock(tmp_path / ".index.lock").acquire("busy (pid {pid})")
+    with pytest.raises(S2SDError, match=rf"^busy \(pid {os.getpid()}\)$"):
+        ExclusiveLock(tmp_path / ".index.lock").acquire("busy (pid {pid})")
+    first.release(remove=True)
+    assert not (tmp_path / ".index.lock").exists()
+    with ExclusiveLock(tmp_path / ".index.lock").acquire("busy (pid {pid})") as second:
+        assert second.held and (tmp_path / ".index.lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".index.lock").exists()

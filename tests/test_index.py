@@ -237,6 +237,58 @@ def test_bad_images_are_skipped_and_listed(gallery, exported_model, tmp_path):
     assert IndexDir.open(tmp_path / "lenient").gallery().skipped[0][0].endswith("broken.png")
 
 
+# --- no duplicates, absolute paths, the .npz of s2sd embed ----------------------------------------------------
+def test_add_and_merge_leave_out_images_already_indexed(flat_index, gallery, exported_model, tmp_path, monkeypatch):
+    first = files(gallery)[:20]
+    build_index(first, exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    monkeypatch.chdir(gallery)  # the same files again, by relative paths, plus 5 new ones
+    again = [p.relative_to(gallery) for p in files(gallery)[:25]]
+    manifest = add_to_index(tmp_path / "index", again, IndexConfig())
+    assert manifest["counts"]["images"] == 25 and manifest["added"][-1]["duplicates_skipped"] == 20
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(first[0].read_bytes())  # the same bytes under another name
+    assert add_to_index(tmp_path / "index", [copy], IndexConfig(dedupe="path"))["counts"]["images"] == 26
+    with pytest.raises(S2SDError, match="all 1 images given are already in .*same content"):
+        add_to_index(tmp_path / "index", [tmp_path / "copy.png"], IndexConfig(dedupe="content"))
+    twice = merge_indexes(tmp_path / "merged", [flat_index, flat_index], IndexConfig(index="flat"))
+    assert twice["counts"]["images"] == 240 and twice["duplicates_skipped"] == 240
+    kept = merge_indexes(tmp_path / "both", [flat_index, flat_index], IndexConfig(index="flat", dedupe="none"))
+    assert kept["counts"]["images"] == 480
+
+
+def test_paths_are_absolute_so_a_searcher_works_from_any_folder(gallery, exported_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(gallery.parent)
+    build_index([gallery.name], exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    monkeypatch.chdir(tmp_path)
+    result = Searcher(tmp_path / "index").search([files(gallery)[0]], k=3)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in result.paths[0])
+
+
+def test_an_index_builds_from_the_npz_of_s2sd_embed(flat_index, gallery, exported_model, tmp_path):
+    from s2sd_deploy.serving.embedder import embed_files, save_embeddings
+
+    embedder = Embedder(exported_model)
+    halves = [files(gallery)[:100], files(gallery)[100:]]
+    for i, half in enumerate(halves):
+        save_embeddings(tmp_path / f"part-{i}.npz", embed_files(embedder, half), embedder.metadata)
+    parts = [tmp_path / "part-0.npz", tmp_path / "part-1.npz"]
+    manifest = build_index(parts, exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    assert manifest["counts"]["images"] == 240
+    built, whole = IndexDir.open(tmp_path / "index").gallery(), IndexDir.open(flat_index).gallery()
+    assert built.paths == whole.paths and built.teacher is None
+    np.testing.assert_allclose(built.student, whole.student, atol=1e-6)
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.search(files(gallery)[:1], k=1).scored_by == "student"
+    with pytest.raises(S2SDError, match="has no teacher vectors .*built from the .npz files of `s2sd embed`"):
+        searcher.search(files(gallery)[:1], k=1, rerank=5)
+
+
+def test_k_and_rerank_beyond_the_gallery_are_clamped(flat_index, gallery):
+    result = Searcher(flat_index).search(files(gallery)[:2], k=1000, rerank=5000)
+    assert result.ids.shape == (2, 240) and result.scored_by == "teacher"
+    assert sorted(result.ids[0].tolist()) == list(range(240))
+
+
 # --- faiss indexes on clustered vectors, where neighbours have structure --------------------------------------
 def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -309,8 +361,9 @@ def test_cli_build_search_and_eval(gallery, exported_model, tmp_path):
         timeout=300,
     )
     assert search.returncode == 0, search.stderr
-    hits = json.loads(search.stdout)[0]["results"]
-    assert len(hits) == 3 and hits[0]["path"] == str(query)
+    answer = json.loads(search.stdout)[0]
+    hits = answer["results"]
+    assert len(hits) == 3 and hits[0]["path"] == str(query.resolve()) and answer["scored_by"] == "teacher"
     evaluated = subprocess.run(
         [S2SD, "eval", str(exported_model), "--data-root", str(gallery), "--out", str(tmp_path / "eval.json")],
         capture_output=True,

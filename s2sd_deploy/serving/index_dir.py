@@ -365,8 +365,9 @@ class IndexDir:
         return held
 
     # --- writing a version -------------------------------------------------------------------------------------
-    def write(self, gallery: Gallery, model: Path, model_sha256: str, tuned, manifest: dict) -> dict:
-        """Write a complete faiss-backend index (see :meth:`replacement`) and return the manifest."""
+    def write(self, gallery: Gallery, model: Path, tuned, manifest: dict, model_sha256: str | None = None) -> dict:
+        """Write a complete faiss-backend index (see :meth:`replacement`) and return the manifest; with
+        ``model_sha256``, a model that is not that file (it changed since it embedded the gallery) is refused."""
         with self.replacement() as new:
             new.copy_model(model, model_sha256)
             new.save_npy(STUDENT, np.asarray(gallery.student, dtype=np.float32))

@@ -517,7 +517,6 @@ def write_index(
         return index.write(
             gallery,
             model,
-            model_sha256,
             tuned,
             {
                 **manifest,
@@ -526,6 +525,7 @@ def write_index(
                 "index_requested": cfg.index,
                 "min_recall": cfg.min_recall,
             },
+            model_sha256,
         )
 
 
