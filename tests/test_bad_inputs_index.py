@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from s2sd_deploy.errors import S2SDError
+from s2sd_deploy.errors import Interrupted, S2SDError
 from s2sd_deploy.locks import ExclusiveLock
 from s2sd_deploy.serving.index_config import IndexConfig
 from s2sd_deploy.serving.index_dir import IndexDir
@@ -324,7 +324,7 @@ CASES = [
     IndexCase(
         "build --force: the disk fills up while writing",
         [*BUILD, "--out", "{tmp}/index", "--force"],
-        "student.npy: no space left on its disk",
+        "student.npy: no space left on its disk (the write needs about ",
         setup=lambda tmp, fixtures: copy_index(tmp, fixtures),
         env=fault(f"{INDEX_DIR}:IndexDir.save_npy:ENOSPC"),
         no_output=["{tmp}/.index.writing"],
@@ -673,3 +673,30 @@ def test_the_writer_lock_names_its_holder_and_is_removed_safely(tmp_path):
     with ExclusiveLock(tmp_path / ".index.lock").acquire("busy (pid {pid})") as second:
         assert second.held and (tmp_path / ".index.lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".index.lock").exists()
+
+
+@pytest.mark.parametrize("can_exchange", [True, False])
+def test_ctrl_c_during_a_swap_lets_it_finish_first(fixtures, tmp_path, monkeypatch, can_exchange):
+    """Ctrl-C between the renames of a swap (where the filesystem cannot exchange) would leave no index at its
+    name: it is held back until the swap is done, then reported as such."""
+    from s2sd_deploy.serving import ann, index_dir
+
+    index = copy_index(tmp_path, fixtures)
+
+    def interrupted_exchange(a, b):
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at once: mid-swap
+        return can_exchange and real(a, b)
+
+    real = index_dir.exchange
+    monkeypatch.setattr(index_dir, "exchange", interrupted_exchange)
+    with IndexDir.open(index) as current:
+        half = current.gallery().select(np.arange(6))
+        built, factory = ann.build(np.ascontiguousarray(half.student), "flat")
+        manifest = {k: current.manifest[k] for k in ("model", "index_id")} | {"counts": {"images": 6, "skipped": 0}}
+        with pytest.raises(Interrupted, match=f"interrupted: {index} was replaced by its new version, complete"):
+            IndexDir(index).write(
+                half, current.model_file(), ann.tune(built, "flat", factory, half.student, 0.9), manifest
+            )
+    with IndexDir.open(index, full_check=True) as replaced:
+        assert len(replaced.paths()) == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]

@@ -54,7 +54,7 @@ import numpy as np
 from .. import __version__
 from ..atomic_files import atomic_path, write_json_atomic
 from ..disk_space import disk_errors
-from ..errors import S2SDError
+from ..errors import Interrupted, S2SDError
 from ..locks import ExclusiveLock
 from ..output_folders import foreign_entries
 from . import checksums
@@ -406,7 +406,7 @@ class IndexDir:
                     f"{'it' if len(foreign) == 1 else 'them'}: nothing was replaced; move "
                     f"{'it' if len(foreign) == 1 else 'them'} out and run the command again"
                 )
-        with deferred_interrupts():
+        with deferred_interrupts() as interrupts:
             if not target.exists():
                 os.rename(new, target)
             elif exchange(new, target):
@@ -419,6 +419,8 @@ class IndexDir:
                     os.rename(previous, target)
                     raise
         remove_own_folder(previous)  # readers that opened it keep their open files
+        if interrupts:  # Ctrl-C during the swap: it completed first
+            raise Interrupted(f"interrupted: {self.path} was replaced by its new version, complete, before it stopped")
 
     def _real_path(self) -> Path:
         return self.path.resolve()  # a symlink's target is what gets replaced
@@ -558,18 +560,17 @@ def remove_own_folder(path: Path, names=OWN_NAMES) -> None:
 
 @contextmanager
 def deferred_interrupts():
-    """Ctrl-C arriving inside the block is raised when it ends (in the main thread; others never receive it)."""
+    """Ctrl-C arriving inside the block is held back; the block gets the list of those received, to act on when it
+    is done (in the main thread; other threads never receive it)."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    received = []
     previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
     try:
-        yield
+        yield received
     finally:
         signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def exchange(a: Path, b: Path) -> bool:

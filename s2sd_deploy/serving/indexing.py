@@ -73,13 +73,15 @@ def build_index(
         sha256 = file_sha256(embedder.path)
         if embeddings:
             gallery, skipped_duplicates = gallery_from_embeddings(embeddings, embedder, sha256, cfg.dedupe)
-            check_free_space(out, estimated_bytes(len(gallery), embedder, gallery.paths, cfg=cfg), "--out")
+            needed = estimated_bytes(len(gallery), embedder, gallery.paths, cfg=cfg)
+            check_free_space(out, needed, "--out")
             timing = {"embed_s": 0.0, "images_embedded": 0, "images_resumed": 0, "images_per_s": None}
             resume = f"{out} is unchanged; run the same command again"
         else:
             paths, skipped_duplicates = unique_files(list_images(inputs), set(), cfg)
             paths = shard_of(paths, checked_shard(shard, len(paths)))
-            check_free_space(out, estimated_bytes(len(paths), embedder, paths, chunks=True, cfg=cfg), "--out")
+            needed = estimated_bytes(len(paths), embedder, paths, chunks=True, cfg=cfg)
+            check_free_space(out, needed, "--out")
             resume = (
                 f"{out} is unchanged and the images embedded so far are kept in {out / '.build'}; run the same "
                 f"command again to resume"
@@ -96,7 +98,7 @@ def build_index(
         }
         with interrupted(resume):
             kept = f"; {resume}"
-            return write_index(index, gallery, embedder.path, sha256, cfg, manifest, previous, kept)
+            return write_index(index, gallery, embedder.path, sha256, cfg, manifest, previous, kept, needed)
 
 
 def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None) -> dict:
@@ -124,7 +126,8 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
         embedder = Embedder(current.model_file(), batch_size=cfg.batch_size)
         sha256 = current.manifest["model"]["file_sha256"]
         total = len(existing) + len(paths)
-        check_free_space(index_path, estimated_bytes(total, embedder, existing.paths + paths, cfg=cfg), "the index")
+        needed = estimated_bytes(total, embedder, existing.paths + paths, cfg=cfg)
+        check_free_space(index_path, needed, "the index")
         unchanged = f"{index_path} is unchanged (nothing was added); run the same command again"
         with interrupted(unchanged):
             started = time.perf_counter()
@@ -150,7 +153,8 @@ def add_to_index(index_path: Path, inputs: list, cfg: IndexConfig, progress=None
             ]
             cfg = replace(cfg, index=current.manifest.get("index_requested", current.manifest["index"]["kind"]))
             kept = f"; {index_path} is unchanged (nothing was added)"
-            return write_index(index, gallery, current.model_file(), sha256, cfg, manifest, current.manifest, kept)
+            model = current.model_file()
+            return write_index(index, gallery, model, sha256, cfg, manifest, current.manifest, kept, needed)
 
 
 def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool = False) -> dict:
@@ -184,10 +188,11 @@ def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool =
             "duplicates_skipped": skipped_duplicates,
         }
         embedder_dims = (first.manifest["model"]["embedding_dim"], first.manifest["model"]["teacher_dim"])
-        check_free_space(out, estimated_bytes(len(gallery), embedder_dims, gallery.paths, cfg=cfg), "OUT")
+        needed = estimated_bytes(len(gallery), embedder_dims, gallery.paths, cfg=cfg)
+        check_free_space(out, needed, "OUT")
         with interrupted(f"{out} is unchanged; run the same command again"):
             sha256, kept = first.manifest["model"]["file_sha256"], f"; {out} is unchanged"
-            return write_index(index, gallery, first.model_file(), sha256, cfg, manifest, previous, kept)
+            return write_index(index, gallery, first.model_file(), sha256, cfg, manifest, previous, kept, needed)
 
 
 KEPT_OUT_OF_COPIES = ("format", "files", "written", "index", "version_id", "package_version")
@@ -497,13 +502,14 @@ def write_index(
     manifest: dict,
     previous: dict | None = None,
     kept: str = "",
+    needed: int | None = None,
 ) -> dict:
     """Build (and tune) the faiss index over the gallery, or fill a new Milvus collection, then write the directory.
-    ``kept`` ends the message of a write the disk refuses: what is left as it was."""
+    ``kept`` ends the message of a write the disk refuses (what is left as it was), ``needed`` the bytes it needs."""
     counts = {"images": len(gallery), "skipped": len(gallery.skipped)}
     manifest = {**manifest, "counts": counts}
     if cfg.backend == MILVUS:
-        with disk_errors(index.path, after=kept):
+        with disk_errors(index.path, needed, after=kept):
             return write_milvus(index, gallery, model, model_sha256, cfg, manifest, previous)
     kind = cfg.index
     if kind == "auto":
@@ -513,7 +519,7 @@ def write_index(
     tuned = ann.tune(built, kind, factory, gallery.student, cfg.min_recall, cfg.recall_queries, cfg.seed)
     build = {**manifest.get("build", {}), "index_s": round(time.perf_counter() - started, 2)}
     backend = {"name": "faiss", "faiss_version": faiss.__version__}
-    with disk_errors(index.path, after=kept):
+    with disk_errors(index.path, needed, after=kept):
         return index.write(
             gallery,
             model,
