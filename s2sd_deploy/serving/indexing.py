@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 WHAT = "an s2sd index"
 NPZ_SKIPPED = "did not decode (s2sd embed)"
 MILVUS_PREFIX = "s2sd_"
+KEPT_OUT_OF_COPIES = ("format", "files", "written", "index", "version_id", "package_version")  # add: per version
 
 
 # --- the three commands -----------------------------------------------------------------------------------------
@@ -193,9 +194,6 @@ def merge_indexes(out: Path, shards: list[Path], cfg: IndexConfig, force: bool =
         with interrupted(f"{out} is unchanged; run the same command again"):
             sha256, kept = first.manifest["model"]["file_sha256"], f"; {out} is unchanged"
             return write_index(index, gallery, first.model_file(), sha256, cfg, manifest, previous, kept, needed)
-
-
-KEPT_OUT_OF_COPIES = ("format", "files", "written", "index", "version_id", "package_version")
 
 
 def check_inputs_outside(index_path: Path, inputs: list) -> None:
