@@ -475,6 +475,7 @@ def search_ids(index: Path, query: Path) -> list[int]:
     return [hit["id"] for hit in json.loads(result.stdout)[0]["results"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["add", "merge"])
 def test_an_add_or_merge_killed_mid_write_leaves_the_previous_index(fixtures, tmp_path, command):
     index = copy_index(tmp_path, fixtures)
@@ -599,6 +600,7 @@ def test_old_indexes_without_checksums_still_open(fixtures, tmp_path):
     assert "sizes only for 6 (written before indexes recorded checksums)" in result.stdout
 
 
+@pytest.mark.slow
 # --- Milvus: a collection per index, rebuilt beside the old one, counted on open, quiet ------------------------
 def test_milvus_indexes_keep_their_collections_and_survive_a_killed_rebuild(fixtures, tmp_path):
     pytest.importorskip("pymilvus")
