@@ -600,8 +600,8 @@ def test_old_indexes_without_checksums_still_open(fixtures, tmp_path):
     assert "sizes only for 6 (written before indexes recorded checksums)" in result.stdout
 
 
-@pytest.mark.slow
 # --- Milvus: a collection per index, rebuilt beside the old one, counted on open, quiet ------------------------
+@pytest.mark.slow
 def test_milvus_indexes_keep_their_collections_and_survive_a_killed_rebuild(fixtures, tmp_path):
     pytest.importorskip("pymilvus")
     uri, a, b = tmp_path / "g.db", tmp_path / "a", tmp_path / "b"
