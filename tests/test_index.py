@@ -50,20 +50,26 @@ def files(root: Path) -> list[Path]:
     return sorted(root.rglob("*.png"))
 
 
+def stored(paths) -> list[str]:
+    """How an index stores paths: absolute and resolved."""
+    return [str(Path(p).resolve()) for p in paths]
+
+
 def test_build_writes_a_complete_self_describing_index(flat_index, exported_model, gallery):
     manifest = json.loads((flat_index / "manifest.json").read_text())
-    assert manifest["format"] == "s2sd-index/1" and manifest["counts"] == {"images": 240, "skipped": 0}
+    assert manifest["format"] == "s2sd-index/2" and manifest["counts"] == {"images": 240, "skipped": 0}
     assert manifest["model"]["run_id"] == "tiny" and manifest["model"]["config_hash"]
     assert (manifest["model"]["embedding_dim"], manifest["model"]["teacher_dim"]) == (16, 128)
     assert manifest["index"]["kind"] == "flat" and manifest["build"]["images_per_s"] > 0
     assert set(manifest["files"]) >= {"model.onnx", "student.npy", "student.faiss", "teacher.npy", "paths.jsonl"}
     assert not (flat_index / ".build").exists()
     index = IndexDir.open(flat_index)
-    stored = index.gallery()
-    assert stored.paths == [str(p) for p in files(gallery)] and stored.teacher.dtype == np.float16
+    written = index.gallery()
+    assert written.paths == stored(files(gallery)) and written.teacher.dtype == np.float16
     student, teacher = Embedder(exported_model).embed(files(gallery), with_teacher=True)
-    np.testing.assert_allclose(stored.student, student, atol=1e-6)
-    np.testing.assert_allclose(stored.teacher, teacher, atol=2e-3)  # float16
+    np.testing.assert_allclose(written.student, student, atol=1e-6)
+    np.testing.assert_allclose(written.teacher, teacher, atol=2e-3)  # float16
+    assert all(set(entry) >= {"bytes", "sha256"} for entry in manifest["files"].values())
 
 
 def test_flat_search_equals_exact_search(flat_index, exported_model, gallery):
@@ -75,7 +81,7 @@ def test_flat_search_equals_exact_search(flat_index, exported_model, gallery):
     for q in range(len(queries)):
         order = np.argsort(-expected_scores[q], kind="stable")[:5]
         np.testing.assert_allclose(result.scores[q], expected_scores[q][order], atol=1e-5)
-        assert result.paths[q] == [str(files(gallery)[i]) for i in result.ids[q]]
+        assert result.paths[q] == [stored(files(gallery))[i] for i in result.ids[q]]
     assert result.ids[:, 0].tolist() == [files(gallery).index(q) for q in queries]  # each query finds itself
 
 
@@ -138,7 +144,7 @@ def test_add_appends_images(flat_index, gallery, exported_model, tmp_path):
     grown = IndexDir.open(tmp_path / "grown").gallery()
     whole = IndexDir.open(flat_index).gallery()
     np.testing.assert_array_equal(grown.student[120:], whole.student[120:])
-    with pytest.raises(S2SDError, match="every image given is already in"):
+    with pytest.raises(S2SDError, match="all 120 images given are already in .*grown \\(same path\\)"):
         add_to_index(tmp_path / "grown", rest, IndexConfig())
 
 
@@ -171,8 +177,6 @@ def test_an_interrupted_build_resumes_from_its_last_chunk(gallery, exported_mode
 
 
 def test_an_interrupted_add_leaves_the_previous_index_whole(gallery, exported_model, tmp_path, monkeypatch):
-    import s2sd_deploy.serving.index_dir as index_dir
-
     def killed(*args):
         raise RuntimeError("killed")
 
@@ -180,23 +184,22 @@ def test_an_interrupted_add_leaves_the_previous_index_whole(gallery, exported_mo
     build_index(files(gallery)[:60], exported_model, kept, IndexConfig(index="flat"))
     queries = files(gallery)[100:103]
     before = Searcher(kept).search(queries, k=5)
-    monkeypatch.setattr(index_dir, "write_jsonl", killed)  # after the vectors and the faiss index are written
+    monkeypatch.setattr(IndexDir, "write_jsonl", killed)  # after the vectors and the faiss index are written
     with pytest.raises(RuntimeError, match="killed"):
         add_to_index(kept, files(gallery)[60:90], IndexConfig())
     monkeypatch.undo()
-    assert IndexDir.open(kept).gallery().paths == [str(p) for p in files(gallery)[:60]]
+    assert IndexDir.open(kept).gallery().paths == stored(files(gallery)[:60])
     after = Searcher(kept).search(queries, k=5)
     assert np.array_equal(after.ids, before.ids) and after.paths == before.paths
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]  # nothing left beside it
     add_to_index(kept, files(gallery)[60:90], IndexConfig())
     assert len(IndexDir.open(kept).gallery()) == 90
     (kept / "paths.jsonl").write_text('"only-one.png"\n')
-    with pytest.raises(S2SDError, match="paths.jsonl is missing or not the file manifest.json records"):
+    with pytest.raises(S2SDError, match=r"index .*kept is damaged: paths.jsonl \(\d+ bytes, \d+ expected\)"):
         IndexDir.open(kept)
 
 
 def test_a_build_killed_while_writing_resumes_without_embedding_again(gallery, exported_model, tmp_path, monkeypatch):
-    import s2sd_deploy.serving.index_dir as index_dir
     import s2sd_deploy.serving.indexing as indexing
 
     def killed(*args):
@@ -204,7 +207,7 @@ def test_a_build_killed_while_writing_resumes_without_embedding_again(gallery, e
 
     cfg = IndexConfig(index="flat", chunk_size=25)
     with monkeypatch.context() as patch:
-        patch.setattr(index_dir, "write_jsonl", killed)
+        patch.setattr(IndexDir, "write_jsonl", killed)
         with pytest.raises(RuntimeError, match="killed"):
             build_index(files(gallery)[:60], exported_model, tmp_path / "index", cfg)
     monkeypatch.setattr(indexing, "embed_files", killed)  # every chunk must be read back
@@ -232,6 +235,58 @@ def test_bad_images_are_skipped_and_listed(gallery, exported_model, tmp_path):
     )
     assert manifest["counts"] == {"images": 30, "skipped": 1}
     assert IndexDir.open(tmp_path / "lenient").gallery().skipped[0][0].endswith("broken.png")
+
+
+# --- no duplicates, absolute paths, the .npz of s2sd embed ----------------------------------------------------
+def test_add_and_merge_leave_out_images_already_indexed(flat_index, gallery, exported_model, tmp_path, monkeypatch):
+    first = files(gallery)[:20]
+    build_index(first, exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    monkeypatch.chdir(gallery)  # the same files again, by relative paths, plus 5 new ones
+    again = [p.relative_to(gallery) for p in files(gallery)[:25]]
+    manifest = add_to_index(tmp_path / "index", again, IndexConfig())
+    assert manifest["counts"]["images"] == 25 and manifest["added"][-1]["duplicates_skipped"] == 20
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(first[0].read_bytes())  # the same bytes under another name
+    assert add_to_index(tmp_path / "index", [copy], IndexConfig(dedupe="path"))["counts"]["images"] == 26
+    with pytest.raises(S2SDError, match="all 1 images given are already in .*same content"):
+        add_to_index(tmp_path / "index", [tmp_path / "copy.png"], IndexConfig(dedupe="content"))
+    twice = merge_indexes(tmp_path / "merged", [flat_index, flat_index], IndexConfig(index="flat"))
+    assert twice["counts"]["images"] == 240 and twice["duplicates_skipped"] == 240
+    kept = merge_indexes(tmp_path / "both", [flat_index, flat_index], IndexConfig(index="flat", dedupe="none"))
+    assert kept["counts"]["images"] == 480
+
+
+def test_paths_are_absolute_so_a_searcher_works_from_any_folder(gallery, exported_model, tmp_path, monkeypatch):
+    monkeypatch.chdir(gallery.parent)
+    build_index([gallery.name], exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    monkeypatch.chdir(tmp_path)
+    result = Searcher(tmp_path / "index").search([files(gallery)[0]], k=3)
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in result.paths[0])
+
+
+def test_an_index_builds_from_the_npz_of_s2sd_embed(flat_index, gallery, exported_model, tmp_path):
+    from s2sd_deploy.serving.embedder import embed_files, save_embeddings
+
+    embedder = Embedder(exported_model)
+    halves = [files(gallery)[:100], files(gallery)[100:]]
+    for i, half in enumerate(halves):
+        save_embeddings(tmp_path / f"part-{i}.npz", embed_files(embedder, half), embedder.metadata)
+    parts = [tmp_path / "part-0.npz", tmp_path / "part-1.npz"]
+    manifest = build_index(parts, exported_model, tmp_path / "index", IndexConfig(index="flat"))
+    assert manifest["counts"]["images"] == 240
+    built, whole = IndexDir.open(tmp_path / "index").gallery(), IndexDir.open(flat_index).gallery()
+    assert built.paths == whole.paths and built.teacher is None
+    np.testing.assert_allclose(built.student, whole.student, atol=1e-6)
+    searcher = Searcher(tmp_path / "index")
+    assert searcher.search(files(gallery)[:1], k=1).scored_by == "student"
+    with pytest.raises(S2SDError, match="has no teacher vectors .*built from the .npz files of `s2sd embed`"):
+        searcher.search(files(gallery)[:1], k=1, rerank=5)
+
+
+def test_k_and_rerank_beyond_the_gallery_are_clamped(flat_index, gallery):
+    result = Searcher(flat_index).search(files(gallery)[:2], k=1000, rerank=5000)
+    assert result.ids.shape == (2, 240) and result.scored_by == "teacher"
+    assert sorted(result.ids[0].tolist()) == list(range(240))
 
 
 # --- faiss indexes on clustered vectors, where neighbours have structure --------------------------------------
@@ -306,8 +361,9 @@ def test_cli_build_search_and_eval(gallery, exported_model, tmp_path):
         timeout=300,
     )
     assert search.returncode == 0, search.stderr
-    hits = json.loads(search.stdout)[0]["results"]
-    assert len(hits) == 3 and hits[0]["path"] == str(query)
+    answer = json.loads(search.stdout)[0]
+    hits = answer["results"]
+    assert len(hits) == 3 and hits[0]["path"] == str(query.resolve()) and answer["scored_by"] == "teacher"
     evaluated = subprocess.run(
         [S2SD, "eval", str(exported_model), "--data-root", str(gallery), "--out", str(tmp_path / "eval.json")],
         capture_output=True,

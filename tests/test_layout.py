@@ -11,7 +11,18 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "s2sd_deploy"
 # The top-level modules: shared pieces that every stage may import.
-SHARED = {"errors", "atomic_files", "output_folders", "metrics", "plots", "tables", "timing", "gpu"}
+SHARED = {
+    "errors",
+    "atomic_files",
+    "output_folders",
+    "locks",
+    "disk_space",
+    "metrics",
+    "plots",
+    "tables",
+    "timing",
+    "gpu",
+}
 # What each part of the package may import from the package (besides the shared modules), and which
 # third-party modules it must never import.
 RULES = {

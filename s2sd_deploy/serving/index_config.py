@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..errors import S2SDError
 
 KINDS = ("flat", "ivf-pq", "ivf-sq8", "hnsw", "auto")
 MILVUS = "milvus"
+DEDUPE = ("path", "content", "none")
+MILVUS_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,199}")
 
 
 @dataclass
@@ -25,7 +28,8 @@ class IndexConfig:
     seed: int = 0
     backend: str = "faiss"  # faiss | milvus
     uri: str | None = None  # milvus: a Milvus Lite file, or http://host:19530
-    collection: str = "s2sd_gallery"
+    collection: str | None = None  # milvus: an alias naming the index's current collection, for other clients
+    dedupe: str = "path"  # path | content | none: files already in the gallery are left out
 
     def validate(self, shard: tuple[int, int] | None = None) -> None:
         if self.index not in KINDS:
@@ -35,6 +39,13 @@ class IndexConfig:
         for name in ("memory_budget_mb", "chunk_size", "batch_size", "workers", "recall_queries"):
             if getattr(self, name) < 1:
                 raise S2SDError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.dedupe not in DEDUPE:
+            raise S2SDError(f"invalid --dedupe {self.dedupe!r}; choose one of: {', '.join(DEDUPE)}")
+        if self.collection is not None and not MILVUS_NAME.fullmatch(self.collection):
+            raise S2SDError(
+                f"invalid --collection {self.collection!r}: a Milvus name is letters, digits and underscores, "
+                f"starting with a letter or underscore, at most 200 characters"
+            )
         if self.backend not in ("faiss", MILVUS):
             raise S2SDError(f"invalid --backend {self.backend!r}; choose one of: faiss, milvus")
         if self.backend == MILVUS and not self.uri:

@@ -19,6 +19,11 @@ writes. :meth:`MilvusGallery.add` flushes (seals the rows into persisted segment
 then runs a "Strong" count, which returns only once the query nodes have caught up with the insert: rows are
 searchable when ``add`` returns, also by other clients.
 
+Noise: Milvus Lite does not implement the ``AllocTimestamp`` call that pymilvus makes while it waits for an index to
+be built, and gRPC logs each refusal as a traceback (two per gallery: the student and the teacher index); pymilvus
+also logs every failed call with its traceback before raising it. Neither says anything the raised error does not,
+so :func:`quiet_milvus_logs` drops exactly those records (everything else they log still shows).
+
 Threads: a ``MilvusClient`` may be shared by threads for reads. pymilvus 3 keeps its connections in a locked,
 shared registry, its schema cache is locked, and gRPC channels are thread-safe; search, query and count run
 concurrently. Writes are serialised by a lock in each :class:`MilvusGallery`, because Milvus Lite does not support
@@ -28,6 +33,7 @@ concurrent writers to one collection. Milvus Lite holds a file lock: one process
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from contextlib import contextmanager
 
@@ -58,7 +64,39 @@ def _pymilvus():
         import pymilvus
     except ImportError as error:
         raise MissingDependencyError(f"the Milvus backend needs pymilvus and milvus-lite: {INSTALL_HINT}") from error
+    quiet_milvus_logs()
     return pymilvus
+
+
+def _not_unimplemented_method(record: logging.LogRecord) -> bool:
+    """gRPC's traceback for a method Milvus Lite does not implement (pymilvus carries on without it)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], NotImplementedError))
+
+
+def _not_a_raised_rpc_error(record: logging.LogRecord) -> bool:
+    """pymilvus's traceback of a failed call it then raises (the caller reports the exception)."""
+    return record.funcName != "_log_rpc_error"
+
+
+def _no_traceback_sent_to_the_client(record: logging.LogRecord) -> bool:
+    """Milvus Lite's traceback of a request it answers with an error (the client raises that error)."""
+    return record.exc_info is None
+
+
+NOISE_FILTERS = {
+    "grpc._server": _not_unimplemented_method,
+    "pymilvus.decorators": _not_a_raised_rpc_error,
+    "milvus_lite.adapter.grpc.servicer": _no_traceback_sent_to_the_client,
+}
+
+
+def quiet_milvus_logs() -> None:
+    """Drop the log records that repeat an error already raised, or that report a call Milvus Lite lacks (see the
+    module docstring); idempotent."""
+    for name, keep in NOISE_FILTERS.items():
+        logger = logging.getLogger(name)
+        if keep not in logger.filters:
+            logger.addFilter(keep)
 
 
 @contextmanager
@@ -135,6 +173,49 @@ def _stored_metadata(description: dict) -> dict:
 def _student_index_type(client, collection: str) -> str:
     names = client.list_indexes(collection, field_name=STUDENT_FIELD)
     return client.describe_index(collection, names[0]).get("index_type", "FLAT") if names else "FLAT"
+
+
+@contextmanager
+def milvus_client(uri: str, token: str | None = None, collection: str = ""):
+    """A connected ``MilvusClient``, closed at the end of the block."""
+    client = _connect(uri, token, collection)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def alias_target(uri: str, alias: str, token: str | None = None) -> str | None:
+    """The collection the alias ``alias`` names at ``uri``, or ``None`` when there is no such alias."""
+    with milvus_client(uri, token, alias) as client, _milvus_errors("alias lookup", uri, alias):
+        if alias not in client.list_aliases().get("aliases", []):
+            return None
+        return client.describe_alias(alias)["collection_name"]
+
+
+def point_alias(uri: str, alias: str, collection: str, token: str | None = None) -> None:
+    """Make ``alias`` name ``collection`` (created, or moved from the collection it named)."""
+    with milvus_client(uri, token, collection) as client, _milvus_errors("alias update", uri, collection):
+        if alias in client.list_aliases().get("aliases", []):
+            client.alter_alias(collection, alias)
+        else:
+            client.create_alias(collection, alias)
+
+
+def collections_named(uri: str, prefix: str, token: str | None = None) -> list[str]:
+    """The collections at ``uri`` whose names start with ``prefix``."""
+    with milvus_client(uri, token) as client, _milvus_errors("listing", uri, prefix + "*"):
+        return sorted(name for name in client.list_collections() if name.startswith(prefix))
+
+
+def drop_collections(uri: str, names: list[str], token: str | None = None) -> None:
+    """Drop the collections ``names`` (the aliases naming them first: a Milvus server refuses otherwise)."""
+    with milvus_client(uri, token) as client:
+        for name in names:
+            with _milvus_errors("drop", uri, name):
+                for alias in client.list_aliases(name).get("aliases", []):
+                    client.drop_alias(alias)
+                client.drop_collection(name)
 
 
 class MilvusGallery:

@@ -12,10 +12,8 @@ JSON in the file's metadata, so nothing is ever unpickled.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import shutil
 from dataclasses import replace
 from functools import cached_property
@@ -29,6 +27,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from .. import __version__
 from ..atomic_files import atomic_path, read_json, remove_temporary_files, write_json_atomic, write_text_atomic
 from ..errors import S2SDError
+from ..locks import ExclusiveLock
 from ..plots import pyplot, save_figure
 from .config import TrainConfig, migrate_v1
 from .model import EmbeddingModel, build_model
@@ -76,22 +75,10 @@ class RunDir:
         writes left; another process that holds the run makes this a clear error instead of a silent overwrite."""
         self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / self.LOCK, "a+")  # held, not closed, until the process ends
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
-            raise S2SDError(
-                f"{self.path} is in use by another s2sd train (pid {owner}); wait for it to finish, "
-                f"or choose another --run-name"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock = handle
+        self._lock = ExclusiveLock(self.path / self.LOCK).acquire(
+            f"{self.path} is in use by another s2sd train (pid {{pid}}); wait for it to finish, "
+            f"or choose another --run-name"
+        )
         for leftover in remove_temporary_files(self.path):
             log.info("removed %s, left by an interrupted write", leftover)
 
@@ -107,7 +94,7 @@ class RunDir:
     def release(self) -> None:
         """Give the run back (training ended); a killed process releases it by dying."""
         if self._lock is not None:
-            self._lock.close()
+            self._lock.release()
             self._lock = None
 
     @property
