@@ -33,6 +33,6 @@ def register(app: typer.Typer) -> None:
     app.command(
         help="Compare runs: the configuration values that differ between them, and their test metrics.\n\n"
         "Examples:\n\n"
-        "  s2sd report runs/digits-msdfa-* runs/digits-baseline-*\n\n"
+        "  s2sd report runs/glyphs-msdfa-* runs/glyphs-baseline-*\n\n"
         "  s2sd report runs/* --markdown report.md --plot report.png",
     )(report)
