@@ -120,8 +120,8 @@ def evaluate_query_gallery(
     index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     neighbour_labels = gallery_labels[index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]]
-    queries = with_positives(query_labels, gallery_labels)
-    recalls = recall_at_k(neighbour_labels[queries], query_labels[queries], list(recall_ks))
+    counted = with_positives(query_labels, gallery_labels)
+    recalls = recall_at_k(neighbour_labels[counted], query_labels[counted], list(recall_ks))
     results = {f"recall@{k}": v for k, v in recalls.items()}
     results["nmi"] = nmi(np.concatenate([queries, gallery]), np.concatenate([query_labels, gallery_labels]))
     results["map@r"] = map_at_r(neighbour_labels, query_labels, r)

@@ -109,7 +109,7 @@ def staging_folder(target: str | Path) -> Path:
     renamed into place). Leftovers of interrupted earlier writes of ``target`` are cleared first: staging folders
     of processes that no longer run, and a previous version parked by a swap that was killed halfway, which is
     put back."""
-    target = Path(target).absolute()
+    target = Path(target).resolve()
     recover_folder(target)
     for leftover in target.parent.glob(f".{glob_escape(target.name)}.{STAGING}-*"):
         pid = leftover.name.rsplit("-", 1)[1]
@@ -126,7 +126,7 @@ def swap_in(staging: Path, target: str | Path) -> None:
     ``target``, else an atomic exchange (``renameat2(RENAME_EXCHANGE)``) after which the old version is deleted.
     Where the file system cannot exchange, the old version is parked as ``.NAME.previous`` for the moment between
     two renames (:func:`recover_folder` puts it back if the process dies there)."""
-    target = Path(target).absolute()
+    target = Path(target).resolve()
     if not target.exists() or (target.is_dir() and not any(target.iterdir())):
         os.replace(staging, target)
         return
@@ -142,7 +142,7 @@ def swap_in(staging: Path, target: str | Path) -> None:
 
 def recover_folder(target: str | Path) -> None:
     """Put back a previous version that a swap killed between its two renames left parked."""
-    target = Path(target).absolute()
+    target = Path(target).resolve()
     previous = sibling(target, PREVIOUS)
     if previous.is_dir() and not target.exists():
         os.replace(previous, target)
@@ -150,7 +150,7 @@ def recover_folder(target: str | Path) -> None:
 
 def keep_failed(staging: Path, target: str | Path) -> Path:
     """Keep a failed attempt for inspection as ``.NAME.failed`` beside ``target`` (replacing an older one)."""
-    failed = sibling(Path(target).absolute(), FAILED)
+    failed = sibling(Path(target).resolve(), FAILED)
     shutil.rmtree(failed, ignore_errors=True)
     os.replace(staging, failed)
     return failed

@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "s2sd_deploy"
-SHARED = {"errors", "atomic_files", "output_folders", "metrics", "plots", "tables", "timing", "gpu"}  # top-level modules
+SHARED = {
+    "errors",
+    "atomic_files",
+    "output_folders",
+    "metrics",
+    "plots",
+    "tables",
+    "timing",
+    "gpu",
+}  # top-level modules
 # What each part of the package may import from the package (besides the shared modules), and which
 # third-party modules it must never import.
 RULES = {

@@ -16,7 +16,7 @@ import torch
 from .. import __version__
 from ..atomic_files import atomic_path, check_free_space, interruption_point, write_json_atomic
 from ..errors import MissingDependencyError, S2SDError
-from ..output_folders import claim_output_folder, keep_failed, staging_folder, swap_in
+from ..output_folders import claim_output_folder, keep_failed, recover_folder, staging_folder, swap_in
 from ..serving.interface import INPUT, ONNX_FORMAT, OUTPUT, REPORT, REPORT_FORMAT, TEACHER_OUTPUT, file_sha256
 from ..training.model import DeployedModel
 from ..training.run_dir import RunDir
@@ -139,6 +139,7 @@ def claim_export_folder(out: Path, cfg: ExportConfig, run: RunDir) -> None:
         source, target = given.resolve(), out.resolve()
         if source == target or target in source.parents:
             raise S2SDError(f"--out {out} holds the input {given}: choose an output folder outside it")
+    recover_folder(out)  # an earlier export that a killed swap left parked is the folder's content again
     claim_output_folder(out, "--out", what="an s2sd export", owner_files=[REPORT], force=cfg.force)
 
 
@@ -185,7 +186,6 @@ def _export_into(cfg, run, model, selection, deployed, staging: Path, out: Path)
         except TensorRTMissing as missing:
             write_json_atomic(staging / REPORT, {**report, "status": "onnx-only", "tensorrt": str(missing)})
             raise
-    interruption_point("export-report")
     write_json_atomic(staging / REPORT, {**report, "status": "ok"})
     return report
 

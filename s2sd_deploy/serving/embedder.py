@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..atomic_files import atomic_path
+from ..atomic_files import atomic_path, interruption_point
 from ..errors import S2SDError
 from ..gpu import nvidia_gpu_visible
 from .images import open_image
@@ -331,6 +331,7 @@ def embed_files(
                 kept += [path for path, _ in good]
             if progress:
                 progress(len(chunk))
+            interruption_point("embed-batch")
     embeddings = np.concatenate(outputs) if outputs else np.zeros((0, embedder.dim), np.float32)
     teacher = None
     if with_teacher:
