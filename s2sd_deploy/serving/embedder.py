@@ -207,8 +207,8 @@ class Embedder:
                 )
             return batch
         raise S2SDError(
-            f"cannot embed an array of shape {array.shape} and dtype {array.dtype}: expected uint8 (or uint16) RGB "
-            f"images (H, W, 3) or (N, H, W, 3), or preprocessed float32 (N, 3, {size}, {size})"
+            f"cannot embed an array of shape {array.shape} and dtype {array.dtype}: expected uint8 RGB images "
+            f"(H, W, 3) or (N, H, W, 3) (uint16 for 16 bits), or preprocessed float32 (N, 3, {size}, {size})"
         )
 
 
