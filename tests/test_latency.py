@@ -166,7 +166,15 @@ def test_a_busy_machine_is_noted(monkeypatch):
     assert quiet.stop() == {"before": 0.3, "after": 0.3, "cores": 2, "busy": False} and quiet.note() is None
     monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
     busy = LoadWatch()
-    assert busy.stop()["busy"] and "1-minute load average 2.20 on 2 cores" in busy.note()
+    assert busy.stop()["busy"] and "1-minute load average 2.20 before this run, 2.20 after, on 2 cores" in busy.note()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    late = LoadWatch()  # quiet at the start, others arrived during the run: its own threads account for about 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 1.0, 0.5))
+    assert late.stop()["busy"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 1.0, 0.5))
+    alone = LoadWatch()
+    alone.before = 0.3
+    assert not alone.stop()["busy"]  # 2.4 on 2 cores: the benchmark's own threads
 
 
 def test_untrusted_figures_are_marked_in_table_and_markdown(capsys):

@@ -97,6 +97,14 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
         results["contrast"] = contrast(results["retrieval"], student_dim, results["machine_limits"])
     results["notes"] += deadline.skipped
     results["load_average"] = watch.stop()
+    if watch.busy:  # every timing of a busy run is untrusted, however steady its repeats
+        for row in (
+            *results.get("retrieval", []),
+            *results.get("contrast", []),
+            *results.get("cascade_latency", []),
+            *results.get("encoder", []),
+        ):
+            row["noisy"] = True
     results["notes"] += [note for note in (watch.note(),) if note]
     return results
 
