@@ -1077,6 +1077,7 @@ METADATA_MISMATCHES = [
     ("crop above resize", {"resize_size": "4"}, "image_size 8 must be at least 1 and at most resize_size 4"),
     ("dimension not a number", {"embedding_dim": "four"}, "metadata is incomplete or malformed"),
     ("no image size", {"image_size": None}, "metadata is incomplete or malformed"),
+    ("dimension 0", {"embedding_dim": "0"}, "dimensions must be at least 1: embedding_dim 0"),
 ]
 
 

@@ -115,6 +115,10 @@ class Embedder:
             self.preprocess = Preprocessing.from_metadata(self.metadata)
             self.dim = int(self.metadata["embedding_dim"])
             self.teacher_dim = int(self.metadata["teacher_dim"]) if "teacher_dim" in self.metadata else None
+            if min(self.dim, self.teacher_dim or 1) < 1:
+                raise ValueError(
+                    f"dimensions must be at least 1: embedding_dim {self.dim}, teacher_dim {self.teacher_dim}"
+                )
         except (KeyError, ValueError) as error:
             raise S2SDError(
                 f"{self.path} has the s2sd format tag but its metadata is incomplete or malformed "
