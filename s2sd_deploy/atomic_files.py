@@ -3,13 +3,17 @@
 A run killed mid-write therefore never leaves a half-written file, only the previous version (or none) and a
 ``.NAME.*.tmp`` file, which :func:`remove_temporary_files` clears. Files get the permissions a plain
 ``open()`` would give them (0666 less the umask), so a server running as another user can read them.
-Output paths are checked before the work that fills them starts.
+Output paths are checked before the work that fills them starts; a full disk or a read-only target met while
+writing is an :class:`OSError` that names the file (``cli.main`` prints it as one line).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,22 +24,81 @@ from .errors import S2SDError
 _UMASK = os.umask(0)  # read once: the only way to read it is to set it
 os.umask(_UMASK)
 TEMPORARY_PATTERN = ".*.tmp"
+FILE_MODE = 0o666 & ~_UMASK  # what a plain open() gives a new file
+# A full disk or quota, or a target that cannot be written: the user's to fix, named in one line.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only on success. The file gets
+    :data:`FILE_MODE` whatever wrote it (some writers, e.g. safetensors, replace the temporary file with one of
+    mode 0600), and an OSError of a full disk or read-only target names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600 whatever the umask
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise naming(error, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)  # mkstemp creates 0600 whatever the umask
         os.replace(tmp, path)
+    except OSError as error:
+        raise naming(error, path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def naming(error: OSError, path: str | Path) -> OSError:
+    """``error`` with ``path`` as its file name when it has none (a failed write() names no file)."""
+    if error.filename or error.errno not in STORAGE_ERRNOS:
+        return error
+    return type(error)(error.errno, error.strerror or os.strerror(error.errno), str(path))
+
+
+def storage_message(error: OSError) -> str | None:
+    """One line for a full disk, a quota or a read-only target (``None`` for other errors): the path, what went
+    wrong, and the free space where it applies."""
+    if error.errno not in STORAGE_ERRNOS:
+        return None
+    path = error.filename or "the output"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        free = free_bytes(Path(path)) if error.filename else None
+        left = f" ({free / 2**20:.1f} MiB free there)" if free is not None else ""
+        return f"cannot write {path}: {error.strerror}{left}; free some space or choose another output location"
+    if error.errno == errno.EROFS:
+        return f"cannot write {path}: {error.strerror}; choose an output location you can write to"
+    return f"{path}: {error.strerror}; check its permissions, or choose another location"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system that holds ``path`` (or would hold it), for an unprivileged user."""
+    existing = next((p for p in [path, *path.parents] if p.exists()), None)
+    try:
+        return shutil.disk_usage(existing).free if existing is not None else None
+    except OSError:
+        return None
+
+
+def check_free_space(path: str | Path, needed: int, option: str, what: str) -> None:
+    """Refuse, before the work, an output that cannot fit: ``needed`` bytes for ``what`` under ``path``."""
+    free = free_bytes(Path(path))
+    if free is not None and free < needed:
+        raise S2SDError(
+            f"{option} {path}: {what} needs about {needed / 2**20:.1f} MiB but {free / 2**20:.1f} MiB is free there; "
+            f"free some space or choose another location"
+        )
+
+
+def interruption_point(name: str) -> None:
+    """Where tests interrupt a command: with ``S2SD_TEST_INTERRUPT=name:SIGNAL`` (e.g. ``export-verify:SIGKILL``)
+    the process sends itself that signal here, so a kill lands at a known moment of a write."""
+    wanted = os.environ.get("S2SD_TEST_INTERRUPT", "")
+    if wanted.partition(":")[0] == name:
+        os.kill(os.getpid(), getattr(signal, wanted.partition(":")[2] or "SIGKILL"))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -27,9 +27,18 @@ def drop_self(neighbours: np.ndarray) -> np.ndarray:
 
 
 def recall_at_k(neighbour_labels: np.ndarray, labels: np.ndarray, ks: list[int]) -> dict[int, float]:
-    """Fraction of queries with a same-class item among their k nearest neighbours."""
+    """Fraction of queries with a same-class item among their k nearest neighbours (0 for no query)."""
     hits = neighbour_labels == labels[:, None]  # (N, K)
-    return {k: float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    return {k: float(hits[:, :k].any(axis=1).mean()) if len(labels) else 0.0 for k in ks}
+
+
+def with_positives(labels: np.ndarray, gallery_labels: np.ndarray | None = None) -> np.ndarray:
+    """Which queries have another item of their class to find (N,) bool: in ``gallery_labels``, or, leave-one-out,
+    among the other ``labels``. Recall@k of a query without one is undefined, so the metrics leave it out."""
+    if gallery_labels is None:
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        return counts[inverse] > 1
+    return np.isin(labels, gallery_labels)
 
 
 def map_at_r(neighbour_labels: np.ndarray, labels: np.ndarray, r: np.ndarray | None = None) -> float:
@@ -78,12 +87,15 @@ def normalized_mutual_information(labels: np.ndarray, clusters: np.ndarray) -> f
 
 
 def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, recall_ks=(1, 2, 4, 8)) -> dict[str, float]:
-    """All metrics of one embedding set, each item a query against the others: ``recall@k``, ``nmi``, ``map@r``."""
+    """All metrics of one embedding set, each item a query against the others: ``recall@k``, ``nmi``, ``map@r``.
+    An item alone in its class is no query of Recall@k or mAP@R (it has nothing to find) but stays in the gallery."""
     labels = np.asarray(labels)
     max_r = int(np.unique(labels, return_counts=True)[1].max()) - 1
     neighbours = nearest_neighbours(embeddings, max(max(recall_ks), max_r, 1))
     neighbour_labels = labels[neighbours]
-    results = {f"recall@{k}": v for k, v in recall_at_k(neighbour_labels, labels, list(recall_ks)).items()}
+    queries = with_positives(labels)
+    recalls = recall_at_k(neighbour_labels[queries], labels[queries], list(recall_ks))
+    results = {f"recall@{k}": v for k, v in recalls.items()}
     results["nmi"] = nmi(embeddings, labels)
     results["map@r"] = map_at_r(neighbour_labels, labels)
     return results
@@ -97,7 +109,8 @@ def evaluate_query_gallery(
     recall_ks=(1, 2, 4, 8),
 ) -> dict[str, float]:
     """Queries against a separate gallery: ``recall@k``, ``map@r`` (R: gallery items of the query's class) and
-    ``nmi`` of k-means over queries and gallery together."""
+    ``nmi`` of k-means over queries and gallery together. Queries whose class the gallery lacks are left out of
+    Recall@k and mAP@R."""
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
     classes, counts = np.unique(gallery_labels, return_counts=True)
     r = np.zeros(len(query_labels), dtype=int)
@@ -107,7 +120,9 @@ def evaluate_query_gallery(
     index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(np.ascontiguousarray(gallery, dtype=np.float32))
     neighbour_labels = gallery_labels[index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]]
-    results = {f"recall@{k}": v for k, v in recall_at_k(neighbour_labels, query_labels, list(recall_ks)).items()}
+    counted = with_positives(query_labels, gallery_labels)
+    recalls = recall_at_k(neighbour_labels[counted], query_labels[counted], list(recall_ks))
+    results = {f"recall@{k}": v for k, v in recalls.items()}
     results["nmi"] = nmi(np.concatenate([queries, gallery]), np.concatenate([query_labels, gallery_labels]))
     results["map@r"] = map_at_r(neighbour_labels, query_labels, r)
     return results

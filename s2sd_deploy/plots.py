@@ -17,9 +17,10 @@ def pyplot():
     return plt
 
 
-def save_figure(figure, path: Path) -> None:
-    """Lay out, write ``figure`` as a PNG atomically, and free it."""
+def save_figure(figure, path: Path, software: str | None = None) -> None:
+    """Lay out, write ``figure`` as a PNG atomically, and free it. ``software`` goes into the PNG's Software text
+    chunk, so the command that wrote it can recognise it as its own."""
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
+        figure.savefig(tmp, format="png", dpi=100, metadata={"Software": software} if software else None)
     pyplot().close(figure)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import struct
 import subprocess
@@ -35,6 +37,7 @@ class Case:
     code: int = 2
     setup: Callable[[Path, dict], None] | None = None  # builds broken inputs in tmp
     no_output: list[str] = field(default_factory=list)  # paths that must not exist afterwards
+    kept: list[str] = field(default_factory=list)  # the user's files that must still hold "mine" afterwards
 
 
 def write(path: Path, content: bytes | str) -> None:
@@ -127,6 +130,41 @@ def bomb_image(tmp, fixtures):
 
 def a_file(name: str):
     return lambda tmp, fixtures: write(tmp / name, "x")
+
+
+def users_file(name: str):
+    """A file of the user's: the command must refuse to overwrite or delete it."""
+    return lambda tmp, fixtures: write(tmp / name, "mine")
+
+
+def earlier_embeddings(tmp, fixtures):
+    np.savez(tmp / "x.npz", format=np.array("s2sd-embeddings/1"), embeddings=np.zeros((1, 4), np.float32))
+
+
+def earlier_bench_results(tmp, fixtures):
+    write(tmp / "b" / "results.json", "{}")
+
+
+def singleton_classes(tmp, fixtures):
+    for c in range(3):
+        image(tmp / "single" / f"class{c}" / "only.png", seed=c)
+
+
+def few_images(tmp, fixtures):
+    for c in range(2):
+        for i in range(2):
+            image(tmp / "few" / f"kind{c}" / f"{i}.png", seed=10 * c + i)
+
+
+def mismatched_model(tmp, fixtures):
+    """The exported model with its embedding_dim changed in the metadata (16 -> 32)."""
+    import onnx
+
+    model = onnx.load(str(fixtures["model"]))
+    for prop in model.metadata_props:
+        if prop.key == "embedding_dim":
+            prop.value = "32"
+    onnx.save(model, str(tmp / "mismatched.onnx"))
 
 
 CASES = [
@@ -518,6 +556,104 @@ CASES = [
         ["eval", "{model}", "--data-root", "{tmp}", "--recall-ks", "1,100", "--rerank", "50"],
         "--rerank 50 must be at least the largest --recall-ks 100",
     ),
+    # --- nothing of the user's is overwritten or deleted (issue 18) ------------------------------------------
+    Case(
+        "export: out is a folder of the user's",
+        ["export", "{run}", "--out", "{tmp}", "--force"],
+        "--out {tmp} is a folder that is not an s2sd export and is not empty",
+        setup=users_file("notes.txt"),
+        kept=["{tmp}/notes.txt"],
+    ),
+    Case(
+        "export: out holds an earlier export",
+        ["export", "{run}", "--out", "{tmp}/e"],
+        "already holds an s2sd export; pass --force to replace it",
+        setup=lambda tmp, fixtures: write(tmp / "e" / "export_report.json", "{}"),
+    ),
+    Case(
+        "export: out is the run",
+        ["export", "{tmp}/run", "--out", "{tmp}/run", "--force"],
+        "holds the input",
+        setup=lambda tmp, fixtures: copy_run(tmp, fixtures),
+        kept=[],
+    ),
+    Case(
+        "embed: out is a file of the user's",
+        ["embed", "{images}", "--model", "{model}", "--out", "{tmp}/notes.txt", "--force"],
+        "--out {tmp}/notes.txt exists and is not embeddings written by s2sd embed",
+        setup=users_file("notes.txt"),
+        kept=["{tmp}/notes.txt"],
+    ),
+    Case(
+        "embed: out is an image being embedded",
+        ["embed", "{tmp}/images", "--model", "{model}", "--out", "{tmp}/images/mine.png", "--force"],
+        "exists and is not embeddings written by s2sd embed",
+        setup=users_file("images/mine.png"),
+        kept=["{tmp}/images/mine.png"],
+    ),
+    Case(
+        "embed: earlier embeddings without --force",
+        ["embed", "{images}", "--model", "{model}", "--out", "{tmp}/x.npz"],
+        "--out {tmp}/x.npz already holds embeddings written by s2sd embed; pass --force",
+        setup=earlier_embeddings,
+    ),
+    Case(
+        "embed: model metadata disagrees with its graph",
+        ["embed", "{images}", "--model", "{tmp}/mismatched.onnx", "--out", "{tmp}/x.npz"],
+        "its metadata says embedding_dim 32 but its graph gives output 'embeddings' 16 dimensions",
+        setup=mismatched_model,
+        no_output=["{tmp}/x.npz"],
+    ),
+    Case(
+        "eval: out is a file of the user's",
+        ["eval", "{model}", "--data-root", "{tmp}/few", "--out", "{tmp}/notes.txt", "--force"],
+        "exists and is not results written by s2sd eval",
+        setup=lambda tmp, fixtures: (few_images(tmp, fixtures), users_file("notes.txt")(tmp, fixtures)),
+        kept=["{tmp}/notes.txt"],
+    ),
+    Case(
+        "eval: every class has one image",
+        ["eval", "{model}", "--data-root", "{tmp}/single"],
+        "every one of the 3 images in {tmp}/single is alone in its class: no query has another image",
+        setup=singleton_classes,
+    ),
+    Case(
+        "eval: k beyond the images compared",
+        ["eval", "{model}", "--data-root", "{tmp}/few", "--recall-ks", "1,4", "--rerank", "4"],
+        "--recall-ks 4 is more than the 3 images each query is compared with",
+        setup=few_images,
+    ),
+    Case(
+        "eval: no query class in the gallery",
+        ["eval", "{model}", "--query-root", "{tmp}/single", "--gallery-root", "{tmp}/few"],
+        "has a class that the gallery lacks",
+        setup=lambda tmp, fixtures: (few_images(tmp, fixtures), singleton_classes(tmp, fixtures)),
+    ),
+    Case(
+        "bench: out is a folder of the user's",
+        ["bench-latency", "--out", "{tmp}", "--force"],
+        "--out {tmp} is a folder that is not bench-latency results",
+        setup=users_file("notes.txt"),
+        kept=["{tmp}/notes.txt"],
+    ),
+    Case(
+        "bench: earlier results without --force",
+        ["bench-latency", "--out", "{tmp}/b"],
+        "--out {tmp}/b already holds bench-latency results; pass --force",
+        setup=earlier_bench_results,
+    ),
+    Case(
+        "train: run directory is a folder of the user's",
+        ["train", "--out-dir", "{tmp}", "--run-name", "mine", "--epochs", "1"],
+        "run directory {tmp}/mine is a folder that is not an s2sd run directory",
+        setup=users_file("mine/summary.json"),
+        kept=["{tmp}/mine/summary.json"],
+    ),
+    Case(
+        "train: flips under the affine augmentation",
+        ["train", "--augmentation", "affine", "--hflip"],
+        "--hflip works with --augmentation crop only",
+    ),
     # --- report ------------------------------------------------------------------------------------------------
     Case("report: missing run", ["report", "{tmp}/nope"], "run directory not found"),
     Case("report: unfinished run", ["report", "{tmp}/run"], "has not finished", setup=unfinished_run),
@@ -614,8 +750,176 @@ def test_bad_input_is_one_clear_line(case, outcomes):
         assert len(errors) == 1 and needle in errors[0], result.stderr[-2000:]
     for path in case.no_output:
         assert not Path(fill(path, values)).exists(), f"{path} was written"
+    for path in case.kept:
+        assert Path(fill(path, values)).read_text() == "mine", f"{path} was changed"
     leftovers = [p for p in outcome.tmp.rglob("*.tmp") if p not in outcome.before]
     assert not leftovers, leftovers
+
+
+# --- interrupted and failed writes, through the console script -------------------------------------------------
+def test_export_killed_during_verification_leaves_the_previous_verified_pair(trained_run, exported_model, tmp_path):
+    """SIGKILL after the new model.onnx is written and while it is being verified: the previous (model.onnx,
+    export_report.json) pair is byte for byte what it was, and the next export clears what the killed one left."""
+    out = tmp_path / "export"
+    shutil.copytree(exported_model.parent, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = [S2SD, "export", str(trained_run), "--out", str(out), "--force", "--verify-limit", "8"]
+    env = {**ENV, "S2SD_TEST_INTERRUPT": "export-verify:SIGKILL"}
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == -9, result.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "export"]
+    assert leftovers and all(name.startswith(".export.staging-") for name in leftovers)  # the killed attempt
+    from s2sd_deploy.output_folders import staging_folder
+
+    staging_folder(out)  # what the next export does first: the dead process's staging folder goes
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(f".export.staging-{os.getpid()}")) == [
+        "export"
+    ]
+
+
+def test_ctrl_c_during_embed_exits_130_saying_how_to_continue(exported_model, tmp_path):
+    for i in range(40):
+        image(tmp_path / "images" / f"{i}.png", seed=i)
+    args = [S2SD, "embed", str(tmp_path / "images"), "--model", str(exported_model), "--out", str(tmp_path / "x.npz")]
+    env = {**ENV, "S2SD_TEST_INTERRUPT": "embed-batch:SIGINT"}
+    result = subprocess.run([*args, "--batch-size", "8"], capture_output=True, text=True, env=env, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert len(errors) == 1 and "interrupted: nothing was written to" in errors[0] and "rerun" in errors[0]
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_storage_error_is_one_line_naming_the_file(monkeypatch, capsys, tmp_path):
+    """An OSError of a full disk, a quota or a read-only target becomes one line and exit 2; others stay errors."""
+    import errno
+
+    import s2sd_deploy.cli as cli
+
+    path = tmp_path / "model.onnx"
+    expected = {
+        errno.ENOSPC: f"error: cannot write {path}: No space left on device (",
+        errno.EDQUOT: f"error: cannot write {path}: Disk quota exceeded (",
+        errno.EROFS: f"error: cannot write {path}: Read-only file system; choose an output location you can write to",
+        errno.EACCES: f"error: {path}: Permission denied; check its permissions, or choose another location",
+    }
+    for code, start in expected.items():
+
+        def failing(args=None, prog_name=None, code=code):
+            raise OSError(code, os.strerror(code), str(path))
+
+        monkeypatch.setattr(cli, "app", failing)
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["export", "run"])
+        lines = capsys.readouterr().err.splitlines()
+        assert exit_.value.code == 2 and len(lines) == 1 and lines[0].startswith(start), lines
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            assert lines[0].endswith("MiB free there); free some space or choose another output location")
+
+    def refused(args=None, prog_name=None):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(cli, "app", refused)
+    with pytest.raises(ConnectionRefusedError):  # not the user's disk: a bug or an outage, shown as such
+        cli.main(["export", "run"])
+
+
+def test_safetensors_full_disk_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+    from safetensors import SafetensorError
+
+    import s2sd_deploy.training.run_dir as run_dir
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    with pytest.raises(OSError) as error:
+        run_dir.save_checkpoint(tmp_path / "last.safetensors", {"w": torch.zeros(2)})
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(tmp_path / "last.safetensors")
+    assert not list(tmp_path.iterdir())  # no temporary file left
+
+
+def small_disk(tmp_path: Path, size: str = "1m", read_only: bool = False) -> Callable[[list[str]], list[str]]:
+    """A command line that runs inside a private mount namespace with ``tmp_path/disk`` a tmpfs of ``size``
+    (``read_only``: mounted read-only), so the kernel itself reports ENOSPC or EROFS. Skips where unprivileged
+    user namespaces are not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    options = f"size={size}" + (",ro" if read_only else "")
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o {options} tmpfs {disk}"], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here (unshare -rm: {probe.stderr.strip()[:200]})")
+
+    def command(args: list[str], fill: bool = False) -> list[str]:
+        filler = f" && (head -c 100000000 /dev/zero > {disk}/filler 2>/dev/null || true)" if fill else ""
+        line = f"mount -t tmpfs -o {options} tmpfs {disk}{filler} && exec " + " ".join(map(shlex.quote, args))
+        return ["unshare", "-rm", "sh", "-c", line]
+
+    return command
+
+
+def run_line(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def one_error(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr and len(errors) == 1, result.stderr[-3000:]
+    return errors[0]
+
+
+def test_full_disk_during_eval_names_the_file(exported_model, tmp_path):
+    few_images(tmp_path, {})
+    command = small_disk(tmp_path, "64k")
+    out = tmp_path / "disk" / "results.json"
+    args = [S2SD, "eval", str(exported_model), "--data-root", str(tmp_path / "few"), "--recall-ks", "1,2"]
+    line = one_error(run_line(command([*args, "--rerank", "2", "--out", str(out)], fill=True)))
+    assert f"cannot write {out}: No space left on device (0.0 MiB free there)" in line
+
+
+def test_export_and_train_refuse_a_disk_too_small_before_working(trained_run, tmp_path):
+    command = small_disk(tmp_path, "1m")
+    out = tmp_path / "disk" / "export"
+    line = one_error(run_line(command([S2SD, "export", str(trained_run), "--out", str(out)])))
+    assert f"--out {out}: the exported model needs about" in line and "MiB but 1.0 MiB is free there" in line
+    args = [
+        S2SD,
+        "train",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--out-dir",
+        str(tmp_path / "disk"),
+        "--run-name",
+        "r",
+    ]
+    line = one_error(run_line(command(args)))
+    assert f"run directory {tmp_path / 'disk' / 'r'}: training (last and best checkpoints" in line
+    assert "MiB but 1.0 MiB is free there" in line
+
+
+def test_read_only_targets_are_named(exported_model, tmp_path):
+    few_images(tmp_path, {})
+    command = small_disk(tmp_path, "1m", read_only=True)
+    target = tmp_path / "disk"
+    embed = [S2SD, "embed", str(tmp_path / "few"), "--model", str(exported_model), "--out", str(target / "x.npz")]
+    assert f"--out {target / 'x.npz'}: {target} is not writable" in one_error(run_line(command(embed)))
+    evaluate = [
+        S2SD,
+        "eval",
+        str(exported_model),
+        "--data-root",
+        str(tmp_path / "few"),
+        "--out",
+        str(target / "r.json"),
+    ]
+    assert f"--out {target / 'r.json'}: {target} is not writable" in one_error(run_line(command(evaluate)))
 
 
 # --- Embedder, in Python ------------------------------------------------------------------------------------
@@ -691,3 +995,135 @@ def test_embedder_names_a_decompression_bomb(embedder, tmp_path):
     decompression_bomb(tmp_path / "bomb.png")
     with pytest.raises(S2SDError, match="bomb.png is too large to decode safely.*skip or replace the file"):
         embedder.embed([tmp_path / "bomb.png"])
+
+
+# --- model metadata that disagrees with the graph -------------------------------------------------------------------
+def tiny_model(path: Path, channels=3, side=8, dim=4, teacher=6, symbolic_dim=False, nan=False, **metadata) -> Path:
+    """A small s2sd-format ONNX model (global average pool, then a linear map per output) whose metadata can be
+    made to disagree with its graph: keyword arguments replace metadata values (None removes a key)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((channels, d)).astype(np.float32) for d in (dim, teacher)]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w_student"], ["raw" if nan else "embeddings"]),
+        helper.make_node("MatMul", ["flat", "w_teacher"], ["teacher_embeddings"]),
+    ]
+    if nan:  # 0 / 0 in every row
+        nodes.append(helper.make_node("Sub", ["raw", "raw"], ["zero"]))
+        nodes.append(helper.make_node("Div", ["zero", "zero"], ["embeddings"]))
+    out_dim = "d" if symbolic_dim else dim
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", channels, side, side])],
+        [
+            helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", out_dim]),
+            helper.make_tensor_value_info("teacher_embeddings", TensorProto.FLOAT, ["batch", teacher]),
+        ],
+        [onnx.numpy_helper.from_array(w, name) for w, name in zip(weights, ("w_student", "w_teacher"))],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    values = {
+        "s2sd_format": "s2sd-onnx/1",
+        "embedding_dim": str(dim),
+        "teacher_dim": str(teacher),
+        "image_size": str(side),
+        "resize_size": str(side),
+        "interpolation": "bilinear",
+        "mean": "[0.485, 0.456, 0.406]",
+        "std": "[0.229, 0.224, 0.225]",
+        "channel_order": "RGB",
+        "layout": "NCHW",
+        "input_name": "images",
+        "output_name": "embeddings",
+        "teacher_output_name": "teacher_embeddings",
+        "run_id": "tiny-graph",
+        **metadata,
+    }
+    for key, value in values.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_consistent_tiny_model_embeds(tmp_path):
+    from s2sd_deploy.serving.embedder import Embedder
+
+    embedder = Embedder(tiny_model(tmp_path / "ok.onnx"))
+    student, teacher = embedder.embed(np.zeros((2, 10, 12, 3), np.uint8), with_teacher=True)
+    assert student.shape == (2, 4) and teacher.shape == (2, 6) and np.isfinite(student).all()
+
+
+METADATA_MISMATCHES = [
+    ("input name", {"input_name": "pixels"}, "says input_name 'pixels' but its graph takes input(s) 'images'"),
+    ("output name", {"output_name": "vectors"}, "says output_name 'vectors' but its graph has output(s)"),
+    ("teacher output", {"teacher_output_name": "t"}, "says teacher_output_name 't' but its graph has output(s)"),
+    ("image size", {"image_size": "16", "resize_size": "16"}, "says image_size 16 but its graph takes images of"),
+    ("channels", {"channels": 1}, "says channel_order RGB (3 channels) but its graph takes 1 channels"),
+    ("embedding dim", {"embedding_dim": "8"}, "says embedding_dim 8 but its graph gives output 'embeddings' 4"),
+    ("teacher dim", {"teacher_dim": "9"}, "says teacher_dim 9 but its graph gives output 'teacher_embeddings' 6"),
+    ("mean of 4", {"mean": "[0.5, 0.5, 0.5, 0.5]"}, "mean has 4 values [0.5, 0.5, 0.5, 0.5] for the 3 RGB"),
+    ("std of 2", {"std": "[0.2, 0.2]"}, "std has 2 values [0.2, 0.2] for the 3 RGB channels"),
+    ("mean NaN", {"mean": "[NaN, 0.4, 0.4]"}, "mean [nan, 0.4, 0.4] must be 3 finite numbers"),
+    ("std infinite", {"std": "[0.2, Infinity, 0.2]"}, "std [0.2, inf, 0.2] must be 3 finite numbers"),
+    ("std 0", {"std": "[0.2, 0.0, 0.2]"}, "std [0.2, 0.0, 0.2] must be above 0"),
+    ("mean not a list", {"mean": "0.5"}, "must be JSON lists of 3 numbers"),
+    ("crop above resize", {"resize_size": "4"}, "image_size 8 must be at least 1 and at most resize_size 4"),
+    ("dimension not a number", {"embedding_dim": "four"}, "metadata is incomplete or malformed"),
+    ("no image size", {"image_size": None}, "metadata is incomplete or malformed"),
+    ("dimension 0", {"embedding_dim": "0"}, "dimensions must be at least 1: embedding_dim 0"),
+]
+
+
+@pytest.mark.parametrize("name,change,message", METADATA_MISMATCHES, ids=[m[0] for m in METADATA_MISMATCHES])
+def test_metadata_that_disagrees_with_the_graph_is_refused_when_opened(tmp_path, name, change, message):
+    from s2sd_deploy.errors import S2SDError
+    from s2sd_deploy.serving.embedder import Embedder
+
+    channels = change.pop("channels", 3)
+    path = tiny_model(tmp_path / "m.onnx", channels=channels, **change)
+    with pytest.raises(S2SDError, match=re.escape(message)) as error:
+        Embedder(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_dimensions_the_graph_leaves_open_are_checked_when_it_runs(tmp_path):
+    """A graph whose output size depends on the input's (Flatten of [batch, 3, h, w]) promises no dimension: the
+    metadata's is checked on what it returns."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from s2sd_deploy.errors import S2SDError
+    from s2sd_deploy.serving.embedder import Embedder
+
+    reference = onnx.load(str(tiny_model(tmp_path / "ok.onnx")))
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["images"], ["embeddings"])],
+        "flat",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["batch", "d"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.extend(p for p in reference.metadata_props if not p.key.startswith("teacher"))
+    onnx.save(model, str(tmp_path / "flat.onnx"))
+    embedder = Embedder(tmp_path / "flat.onnx")  # embedding_dim 4; the graph gives 3 x 8 x 8
+    with pytest.raises(
+        S2SDError, match=re.escape("output 'embeddings' has shape [2, 192] but its metadata promises (2, 4)")
+    ):
+        embedder.embed(np.zeros((2, 8, 8, 3), np.uint8))
+
+
+def test_a_graph_that_returns_nan_never_yields_nan_embeddings(tmp_path):
+    from s2sd_deploy.errors import S2SDError
+    from s2sd_deploy.serving.embedder import Embedder
+
+    embedder = Embedder(tiny_model(tmp_path / "m.onnx", nan=True))
+    with pytest.raises(S2SDError, match="output 'embeddings' is NaN or infinite for 3 of 3 images"):
+        embedder.embed(np.zeros((3, 8, 8, 3), np.uint8))

@@ -54,3 +54,12 @@ def test_other_commands_show_their_defaults(command, options):
             lines[words[1]] = line
     for option in options:
         assert "[default:" in lines[option], lines.get(option)
+
+
+@pytest.mark.parametrize("command", ["train", "export", "report", "embed", "eval", "bench-latency"])
+def test_examples_are_current_and_outputs_are_replaced_only_with_force(command):
+    """The bundled default is glyphs (~2 minutes on 2 cores): no example still names the digits run or "~1 minute";
+    every command that replaces its own output offers --force."""
+    text = help_text(command)
+    assert "runs/digits" not in text and "1 minute" not in text and "S2SD on the bundled digits" not in text
+    assert ("--force" in text) == (command != "train")

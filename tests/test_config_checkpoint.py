@@ -229,3 +229,64 @@ def test_run_directories_of_format_1_still_load(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"format": "s2sd-run/0", "config": old}))
     with pytest.raises(S2SDError, match="not an s2sd run of format s2sd-run/2 \\(found 's2sd-run/0'\\)"):
         RunDir.open(tmp_path)
+
+
+def test_hflip_records_what_the_augmentation_does(tmp_path):
+    from s2sd_deploy.training.run_dir import RunDir
+
+    assert build_train_config().hflip is False  # glyphs: the affine augmentation never flips
+    assert build_train_config({"dataset": "cub200", "data_root": "/d"}).hflip is True  # crop: flips
+    assert build_train_config({"dataset": "digits"}).hflip is False  # the digits preset turns them off
+    with pytest.raises(S2SDError, match="--hflip works with --augmentation crop only"):
+        build_train_config({"hflip": True})
+    old = {**build_train_config().to_dict(), "hflip": True}  # what earlier versions recorded for glyphs runs
+    (tmp_path / "config.json").write_text(json.dumps({"format": "s2sd-run/2", "run_id": "old", "config": old}))
+    assert RunDir.open(tmp_path).config.hflip is False
+
+
+UMASK_SCRIPT = """
+import os, sys
+os.umask(int(sys.argv[2], 8))
+from pathlib import Path
+import torch
+from s2sd_deploy.atomic_files import write_json_atomic
+from s2sd_deploy.training.run_dir import RunDir, save_checkpoint
+folder = Path(sys.argv[1])
+run = RunDir(folder / "run")
+run.claim()
+run.save_checkpoint("last.safetensors", model_state={"w": torch.zeros(3)})
+run.copy_checkpoint("last.safetensors", "best.safetensors")
+run.write_metrics([{"epoch": 1, "loss": 1.0, "recall@1": 0.5, "nmi": 0.5, "map@r": 0.5}])
+run.write_summary({})
+run.write_curves([{"epoch": 1, "loss": 1.0, "recall@1": 0.5, "nmi": 0.5, "map@r": 0.5}])
+write_json_atomic(folder / "run" / "config.json", {})
+"""
+
+
+@pytest.mark.parametrize("umask", ["022", "077"])
+def test_every_file_a_run_writes_follows_the_umask(tmp_path, umask):
+    """0666 less the umask, as a plain open() gives; safetensors alone would write 0600 whatever the umask."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", UMASK_SCRIPT, str(tmp_path), umask], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir()}
+    names = {"last.safetensors", "best.safetensors", "metrics.jsonl", "summary.json", "curves.png", "config.json"}
+    assert names <= set(modes) and not [n for n in modes if n.endswith(".tmp")]
+    assert {name: modes[name] for name in names} == {name: 0o666 & ~int(umask, 8) for name in names}
+
+
+def test_the_trained_run_follows_the_umask(trained_run):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    files = [p for p in trained_run.iterdir() if p.is_file() and p.name != ".lock"]
+    assert len(files) >= 6 and {p.name: p.stat().st_mode & 0o777 for p in files} == {
+        p.name: 0o666 & ~umask for p in files
+    }

@@ -119,9 +119,12 @@ def test_broken_parity_fails_the_export(trained_run, tmp_path, monkeypatch):
 
     original = verify.onnx_embeddings
     monkeypatch.setattr(verify, "onnx_embeddings", lambda path, loader: [e + 1e-3 for e in original(path, loader)])
-    with pytest.raises(S2SDError, match="disagree on embeddings: max \\|diff\\| 1.00e-03"):
-        export_run(ExportConfig(run=str(trained_run), out=str(tmp_path), verify_limit=32))
-    assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
+    out = tmp_path / "export"
+    with pytest.raises(S2SDError, match="disagree on embeddings: max \\|diff\\| 1.00e-03.*is unchanged"):
+        export_run(ExportConfig(run=str(trained_run), out=str(out), verify_limit=32))
+    assert not out.exists()  # a failed export is never where a verified one would be
+    failed = tmp_path / ".export.failed"
+    assert json.loads((failed / "export_report.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.parametrize(
@@ -220,3 +223,65 @@ def test_forward_deployed_and_onnx_agree(trained_run, exported):
     np.testing.assert_array_equal(students, alone)
     assert none == [] and [t.shape for t in teachers] == [(12, 64), (12, 128)]
     np.testing.assert_allclose(teachers[1], expected.teacher_embeddings[1].numpy(), atol=1e-6)
+
+
+def test_an_earlier_export_is_replaced_only_with_force_and_whole(trained_run, exported_model, tmp_path):
+    import shutil
+
+    from s2sd_deploy.serving.embedder import Embedder
+    from s2sd_deploy.serving.interface import file_sha256
+
+    out = tmp_path / "export"
+    shutil.copytree(exported_model.parent, out)  # an earlier export, with its teacher output and no Triton folder
+    with pytest.raises(S2SDError, match="already holds an s2sd export; pass --force to replace it"):
+        export_run(ExportConfig(run=str(trained_run), out=str(out), verify_limit=8))
+    report = export_run(ExportConfig(run=str(trained_run), out=str(out), verify_limit=8, triton=True, force=True))
+    saved = json.loads((out / "export_report.json").read_text())
+    assert saved["status"] == "ok" and saved["onnx"] == str(out / "model.onnx") == report["onnx"]
+    assert saved["onnx_sha256"] == file_sha256(out / "model.onnx") and saved["format"] == "s2sd-export-report/1"
+    assert Embedder(out / "model.onnx").teacher_dim is None  # the new export (student only), not a mix
+    assert (out / "triton" / "s2sd_embedder" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging or parked folder left beside it
+
+
+def test_a_users_folder_and_the_run_itself_are_never_export_targets(trained_run, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(S2SDError, match="is a folder that is not an s2sd export and is not empty"):
+        export_run(ExportConfig(run=str(trained_run), out=str(tmp_path / "mine"), force=True))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+    with pytest.raises(S2SDError, match="holds the input"):
+        export_run(ExportConfig(run=str(trained_run), out=str(trained_run), force=True))
+    with pytest.raises(S2SDError, match="holds the input"):
+        export_run(ExportConfig(run=str(trained_run), out=str(trained_run.parent), force=True))
+
+
+def test_a_model_the_report_beside_it_does_not_describe_is_refused(exported_model, tmp_path):
+    import shutil
+
+    from s2sd_deploy.serving.embedder import Embedder
+
+    shutil.copytree(exported_model.parent, tmp_path / "export")
+    model = tmp_path / "export" / "model.onnx"
+    Embedder(model)  # the pair as exported
+    model.write_bytes(model.read_bytes() + b"\0")  # replaced by another file after the export
+    with pytest.raises(S2SDError, match="is not the model .*export_report.json describes .*export the run again"):
+        Embedder(model)
+
+
+def test_folder_swap_falls_back_to_two_renames_and_recovers(tmp_path, monkeypatch):
+    """Where renameat2 cannot exchange, the old version is parked; a process killed between the two renames
+    leaves it parked, and the next write puts it back before anything else."""
+    import s2sd_deploy.output_folders as folders
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "a").write_text("old")
+    staging = folders.staging_folder(target)
+    (staging / "a").write_text("new")
+    monkeypatch.setattr(folders, "_exchange", lambda a, b: False)
+    folders.swap_in(staging, target)
+    assert (target / "a").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    os.replace(target, folders.sibling(target, folders.PREVIOUS))  # killed between the two renames
+    fresh = folders.staging_folder(target)
+    assert (target / "a").read_text() == "new" and fresh.is_dir() and not any(fresh.iterdir())

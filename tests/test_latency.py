@@ -140,3 +140,107 @@ def test_encoder_cost_compares_torch_and_onnxruntime(trained_run, tmp_path):
     for row in rows:
         assert row["max_abs_diff"] < 1e-5 and row["min_cosine"] > 0.99999 and row["torch_ms_per_batch"] > 0
         assert row["speedup"] == pytest.approx(row["torch_ms_per_batch"] / row["onnx_ms_per_batch"])
+
+
+def test_noise_is_the_spread_between_repeats():
+    from s2sd_deploy.timing import NOISE_LIMIT, noise, noisy, spread
+
+    steady = np.array([1.00, 1.01, 0.99, 1.02, 1.00, 0.98, 1.01, 1.00, 0.99, 1.00])
+    p10, p50, p90 = np.percentile(steady, [10, 50, 90])
+    assert spread(steady) == pytest.approx((p90 - p10) / p50)
+    assert noise(steady) == {"spread": pytest.approx(spread(steady)), "noisy": False}
+    contended = steady.copy()
+    contended[::3] *= 3  # another process took the core every third repeat
+    assert spread(contended) > NOISE_LIMIT and noise(contended)["noisy"]
+    assert noise(np.array([1.0, 1.0]))["noisy"]  # two repeats measure no spread
+    assert noisy({"noisy": False}, {"noisy": True}) and not noisy({"noisy": False}, {})
+    assert latency_stats(steady / 1e3, batch=1)["noisy"] is False
+
+
+def test_a_busy_machine_is_noted(monkeypatch):
+    from s2sd_deploy.timing import LoadWatch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    quiet = LoadWatch()
+    assert quiet.stop() == {"before": 0.3, "after": 0.3, "cores": 2, "busy": False} and quiet.note() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 0.5))
+    busy = LoadWatch()
+    assert busy.stop()["busy"] and "1-minute load average 2.20 before this run, 2.20 after, on 2 cores" in busy.note()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    late = LoadWatch()  # quiet at the start, others arrived during the run: its own threads account for about 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.2, 1.0, 0.5))
+    assert late.stop()["busy"]
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.4, 1.0, 0.5))
+    alone = LoadWatch()
+    alone.before = 0.3
+    assert not alone.stop()["busy"]  # 2.4 on 2 cores: the benchmark's own threads
+
+
+def test_untrusted_figures_are_marked_in_table_and_markdown(capsys):
+    from s2sd_deploy.bench.latency_report import MARK, headline_rows, markdown, print_headline
+
+    def row(dim, ms, noisy):
+        return {
+            "gallery": 1000,
+            "batch": 1,
+            "dim": dim,
+            "kernel": "k",
+            "p50_ms": ms,
+            "measured_ratio": ms,
+            "theoretical_ratio": dim / 8,
+            "bandwidth_share": 0.5,
+            "gemm_share": 0.1,
+            "noisy": noisy,
+        }
+
+    results = {
+        "contrast": [row(8, 1.0, False), row(32, 523.0, True)],
+        "encoder": [
+            {
+                "model": "run",
+                "image_size": 32,
+                "batch": 1,
+                "backend": "CPUExecutionProvider",
+                "torch_ms_per_batch": 523.0,
+                "onnx_ms_per_batch": 1.0,
+                "onnx_images_per_s": 1000,
+                "speedup": 523.0,
+                "max_abs_diff": 1e-7,
+                "noisy": True,
+            }
+        ],
+        "machine": {"cpu": "cpu", "cores": 2, "memory_gb": 1},
+        "load_average": {"before": 2.2, "after": 2.5, "cores": 2, "busy": True},
+        "dims": [8, 32],
+        "student_dim": 8,
+    }
+    rows = headline_rows(results)
+    assert rows[0][4:6] == ["1.00", "1.0x"] and rows[1][4:6] == [f"523.00{MARK}", f"523.0x{MARK}"]
+    text = markdown(results)
+    assert f"| 523.00{MARK} | 1.00{MARK} | 1000 | 523.00x{MARK} |" in text
+    assert "1 of 1 timed rows are marked" in text and "the machine was busy before the run" in text
+    print_headline(results)
+    assert "1 of 1 timed rows marked *" in capsys.readouterr().out
+
+
+def test_the_run_with_teachers_is_chosen_and_named(trained_run, tmp_path):
+    import shutil
+    import time
+
+    from s2sd_deploy.bench.latency import choose_run
+
+    assert choose_run(tmp_path / "none")[0] is None
+    runs = tmp_path / "runs"
+    for name, s2sd in (("with-teachers", True), ("baseline", False)):
+        (runs / name).mkdir(parents=True)
+        meta = json.loads((trained_run / "config.json").read_text())
+        meta["config"]["s2sd"] = s2sd
+        (runs / name / "config.json").write_text(json.dumps(meta))
+        shutil.copy(trained_run / "summary.json", runs / name)
+        time.sleep(0.02)  # the baseline is the newest
+    run, why = choose_run(runs)
+    assert run.path.name == "with-teachers" and "the newest finished run with teacher heads" in why
+    shutil.rmtree(runs / "with-teachers")
+    run, why = choose_run(runs)
+    assert run.path.name == "baseline" and "which has no teacher heads" in why and "pass --run" in why

@@ -97,3 +97,31 @@ def test_query_gallery_metrics_match_naive_loops():
         hits = [gallery_labels[j] == query_labels[i] for j in ranking[i][:r]]
         aps.append(sum(np.mean(hits[: k + 1]) for k in range(r) if hits[k]) / r)
     assert result["map@r"] == pytest.approx(np.mean(aps))
+
+
+def test_items_alone_in_their_class_are_gallery_not_queries():
+    """Recall@k of a query with nothing of its class to find is undefined: it is left out (and stays a distractor);
+    the plain loop counts only the queries that have another item of their class."""
+    x, labels = _data(n=40, seed=4)
+    labels = labels.copy()
+    labels[[3, 17, 29]] = [100, 101, 102]  # three singletons
+    ranking = naive_ranking(x)
+    result = evaluate_embeddings(x, labels, [1, 4])
+    queries = [i for i in range(40) if (labels == labels[i]).sum() > 1]
+    assert len(queries) == 37
+    for k in (1, 4):
+        expected = np.mean([any(labels[j] == labels[i] for j in ranking[i][:k]) for i in queries])
+        assert result[f"recall@{k}"] == pytest.approx(expected)
+
+
+def test_queries_of_classes_the_gallery_lacks_are_left_out():
+    from s2sd_deploy.metrics import evaluate_query_gallery
+
+    gallery, gallery_labels = _data(n=50, seed=2)
+    queries, query_labels = _data(n=20, seed=3)
+    query_labels = query_labels.copy()
+    query_labels[:5] = 99  # not in the gallery
+    result = evaluate_query_gallery(queries, query_labels, gallery, gallery_labels, [1])
+    sims = queries @ gallery.T
+    expected = np.mean([gallery_labels[np.argmax(sims[i])] == query_labels[i] for i in range(5, 20)])
+    assert result["recall@1"] == pytest.approx(expected)

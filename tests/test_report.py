@@ -64,3 +64,31 @@ def test_console_table_fits_80_columns(two_runs):
     assert result.returncode == 0, result.stderr
     assert "…" not in result.stdout and max(len(line) for line in result.stdout.splitlines()) <= 80
     assert "0.5000" in result.stdout  # every value is there, wrapped rather than cut
+
+
+def test_report_reads_runs_without_torch(two_runs, tmp_path):
+    """s2sd report only reads JSON: it runs where torch is not installed (a serving machine)."""
+    args = ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md")]
+    code = (
+        "import sys\nfrom s2sd_deploy.cli import main\n"
+        f"try:\n    main({args!r})\n"
+        "except SystemExit as exit_:\n    assert not exit_.code, exit_.code\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("no torch") and (tmp_path / "r.md").is_file()
+
+
+def test_report_outputs_are_never_a_users_file(two_runs, tmp_path):
+    (tmp_path / "notes.md").write_text("mine")
+    result = CliRunner().invoke(app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "notes.md")])
+    assert result.exit_code != 0 and (tmp_path / "notes.md").read_text() == "mine"
+    first = CliRunner().invoke(
+        app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png")]
+    )
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["report", *map(str, two_runs), "--markdown", str(tmp_path / "r.md")])
+    assert again.exit_code != 0 and "pass --force" in str(again.exception)
+    forced = [*map(str, two_runs), "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "r.png"), "--force"]
+    assert CliRunner().invoke(app, ["report", *forced]).exit_code == 0

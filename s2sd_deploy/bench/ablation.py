@@ -11,7 +11,6 @@ folder are reused, so an interrupted ablation continues where it stopped.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -105,8 +104,7 @@ def train_arm(cfg: AblationConfig, dim: int, arm: str, seed: int, lr: float, val
     run_dir = Path(cfg.runs_dir) / ("select" if validate else "test") / f"d{dim}-{arm}-lr{lr:g}-seed{seed}"
     if (run_dir / LAST).is_file() and not RunDir(run_dir).finished:
         resume(run_dir)
-    elif not RunDir(run_dir).finished:
-        shutil.rmtree(run_dir, ignore_errors=True)  # started, but no epoch finished: nothing to keep
+    elif not RunDir(run_dir).finished:  # new, or started without finishing an epoch: train replaces the latter
         overrides = {
             **cfg.overrides,
             **ARMS[arm],

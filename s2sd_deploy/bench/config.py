@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..atomic_files import check_output_folder
 from ..errors import S2SDError
+from ..output_folders import claim_output_folder
 
 APPROXIMATE = ("hnsw", "ivfpq")
-IVFPQ_MIN_GALLERY = 256  # product quantisation trains 2^8 centroids per sub-vector
+IVFPQ_MIN_GALLERY = 256
+RESULTS = (
+    "results.json"  # what marks a folder as bench-latency's  # product quantisation trains 2^8 centroids per sub-vector
+)
 
 
 @dataclass
@@ -29,6 +32,7 @@ class BenchConfig:
     max_seconds: float = 170.0  # the whole default run stays within 3 minutes
     encoder: bool = True
     seed: int = 0
+    force: bool = False  # replace earlier results in --out
 
     def validate(self) -> None:
         """Checked before anything is measured or allocated."""
@@ -52,4 +56,4 @@ class BenchConfig:
             )
         if not math.isfinite(self.max_seconds) or self.max_seconds <= 0:
             raise S2SDError(f"--max-seconds must be a positive number of seconds, got {self.max_seconds}")
-        check_output_folder(self.out, "--out")
+        claim_output_folder(self.out, "--out", what="bench-latency results", owner_files=[RESULTS], force=self.force)

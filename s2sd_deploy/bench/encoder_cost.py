@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..metrics import parity
-from ..timing import measure
+from ..timing import measure, noise
 
 
 def encoder_cost(model, image_size: int, name: str, workdir: Path, budget_s: float = 1.0) -> list[dict]:
@@ -34,6 +34,7 @@ def encoder_cost(model, image_size: int, name: str, workdir: Path, budget_s: flo
                 eager = measure(lambda: deployed(images), budget_s=budget_s, min_repeats=3)
             got = session.run(None, {INPUT: images.numpy()})[0]
             runtime = measure(lambda: session.run(None, {INPUT: images.numpy()}), budget_s=budget_s, min_repeats=3)
+            eager_noise, runtime_noise = noise(eager), noise(runtime)
             rows.append(
                 {
                     "model": name,
@@ -45,6 +46,9 @@ def encoder_cost(model, image_size: int, name: str, workdir: Path, budget_s: flo
                     "torch_images_per_s": batch / float(np.median(eager)),
                     "onnx_images_per_s": batch / float(np.median(runtime)),
                     "speedup": float(np.median(eager) / np.median(runtime)),
+                    "torch_spread": eager_noise["spread"],
+                    "onnx_spread": runtime_noise["spread"],
+                    "noisy": eager_noise["noisy"] or runtime_noise["noisy"],  # and so is their ratio
                     **parity(reference, got),
                 }
             )

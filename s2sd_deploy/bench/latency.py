@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 
+from ..errors import S2SDError
 from ..gpu import require_faiss_gpu
+from ..timing import LoadWatch
 from ..training.run_dir import RunDir
 from .config import BenchConfig
 
@@ -45,7 +48,9 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
     cfg.validate()
     if cfg.device == "gpu":
         require_faiss_gpu("--device gpu")
-    run = RunDir.open(cfg.run) if cfg.run else RunDir.latest()
+    watch = LoadWatch()
+    run, choice = (RunDir.open(cfg.run), f"run {cfg.run} (--run)") if cfg.run else choose_run()
+    progress(f"accuracy and encoder parts: {choice}")
     student_dim = run.config.embed_dim if run else 128
     dims = sorted(set(cfg.dims or [512, 1024, TEACHER_DIM]) | {student_dim})  # the student's row is always there
     teacher_dim = max(dims)
@@ -58,7 +63,8 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
         "student_dim": student_dim,
         "teacher_dim": teacher_dim,
         "dims": dims,
-        "notes": [],
+        "run_choice": choice,
+        "notes": [] if cfg.run or run is None else [f"took {choice}"],
         "interrupted": False,
     }
     try:
@@ -78,7 +84,7 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
             deadline.skip("accuracy of the run's heads")
         else:
             results["notes"].append(
-                "no trained run found under runs/: train one with `s2sd train`, then "
+                "no finished run found under runs/: train one with `s2sd train`, then "
                 "`s2sd bench-latency --run runs/<run>` adds what each dimension buys"
             )
         if cfg.encoder:
@@ -90,4 +96,39 @@ def run_benchmark(cfg: BenchConfig, progress=print) -> dict:
     if "retrieval" in results:
         results["contrast"] = contrast(results["retrieval"], student_dim, results["machine_limits"])
     results["notes"] += deadline.skipped
+    results["load_average"] = watch.stop()
+    if watch.busy:  # every timing of a busy run is untrusted, however steady its repeats
+        for row in (
+            *results.get("retrieval", []),
+            *results.get("contrast", []),
+            *results.get("cascade_latency", []),
+            *results.get("encoder", []),
+        ):
+            row["noisy"] = True
+    results["notes"] += [note for note in (watch.note(),) if note]
     return results
+
+
+def choose_run(runs_dir: str | Path = "runs") -> tuple[RunDir | None, str]:
+    """The run whose heads the accuracy part measures, when no --run is given, and why it was taken: the newest
+    finished run under ``runs_dir`` that has teacher heads (what the command compares the student with), else
+    the newest finished run, saying that it has none."""
+    finished = sorted(Path(runs_dir).glob(f"*/{RunDir.SUMMARY}"), key=lambda p: p.stat().st_mtime, reverse=True)
+    runs = []
+    for summary in finished:
+        try:
+            run = RunDir.open(summary.parent)
+            runs.append((run, bool(run.config.s2sd and run.config.target_dims)))
+        except S2SDError:  # a damaged or foreign folder is no candidate
+            continue
+    if not runs:
+        return None, f"no finished run under {runs_dir}/, so only synthetic figures"
+    with_teachers = [run for run, teachers in runs if teachers]
+    if with_teachers:
+        return with_teachers[
+            0
+        ], f"the newest finished run with teacher heads under {runs_dir}/, {with_teachers[0].path}"
+    return runs[0][0], (
+        f"the newest finished run under {runs_dir}/, {runs[0][0].path}, which has no teacher heads (none there has): "
+        f"only the student's accuracy is measured; pass --run to choose one"
+    )

@@ -10,6 +10,25 @@ import numpy as np
 from ..atomic_files import write_text_atomic
 from ..plots import pyplot, save_figure
 from ..tables import markdown_table, print_table
+from ..timing import NOISE_LIMIT
+
+MARK = "*"  # after a figure that cannot be trusted: its repeats spread too far (another process competed)
+LEGEND = (
+    f"{MARK} not to be trusted: the repeats of this figure (or of one it is a ratio of) spread by more than "
+    f"{NOISE_LIMIT:.0%} ((p90 - p10) / median), or too few were taken; another process probably competed for the "
+    f"cores. Rerun on a quiet machine."
+)
+
+
+def marked(text: str, row: dict) -> str:
+    """``text`` with :data:`MARK` when the measurement behind it was noisy."""
+    return f"{text}{MARK}" if row.get("noisy") else text
+
+
+def untrusted_count(results: dict) -> tuple[int, int]:
+    """(noisy, all) timed rows of the results."""
+    rows = [*results.get("retrieval", []), *results.get("cascade_latency", []), *results.get("encoder", [])]
+    return sum(bool(r.get("noisy")) for r in rows), len(rows)
 
 
 def _plain(value):
@@ -37,8 +56,8 @@ def headline_rows(results: dict) -> list[list[str]]:
                     str(c["batch"]),
                     str(c["dim"]),
                     c["kernel"],
-                    f"{c['p50_ms']:.2f}",
-                    ratio,
+                    marked(f"{c['p50_ms']:.2f}", c),
+                    marked(ratio, c),
                     f"{c['theoretical_ratio']:.0f}x",
                     f"{c['bandwidth_share']:.0%}" if c["bandwidth_share"] is not None else "-",
                     f"{c['gemm_share']:.0%}",
@@ -56,6 +75,23 @@ def markdown(results: dict) -> str:
         "",
     ]
     lines += [f"Command: `{results.get('command', 's2sd bench-latency')}`", ""]
+    load = results.get("load_average") or {}
+    if load:
+        before, after = load.get("before"), load.get("after")
+        lines += [
+            f"Load average (1 minute) before / after the run: {before if before is None else f'{before:.2f}'} / "
+            f"{after if after is None else f'{after:.2f}'} on {load.get('cores')} cores"
+            + (
+                " — **the machine was busy before the run: these timings are not this machine's**"
+                if load.get("busy")
+                else ""
+            )
+            + ".",
+            "",
+        ]
+    noisy_rows, all_rows = untrusted_count(results)
+    if noisy_rows:
+        lines += [f"**{noisy_rows} of {all_rows} timed rows are marked {MARK}.** {LEGEND}", ""]
     machine, limits = results["machine"], results.get("machine_limits", {})
     lines += [
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; measured "
@@ -98,7 +134,7 @@ def markdown(results: dict) -> str:
                 str(r["batch"]),
                 r["index"],
                 r["kernel"],
-                f"{r['p50_ms']:.2f}",
+                marked(f"{r['p50_ms']:.2f}", r),
                 f"{r['p95_ms']:.2f}",
                 f"{r['p99_ms']:.2f}",
                 f"{r['qps']:.0f}",
@@ -117,8 +153,8 @@ def markdown(results: dict) -> str:
                 str(r["batch"]),
                 r["method"],
                 r.get("kernel", ""),
-                f"{r['p50_ms']:.2f}",
-                f"{r['vs_student']:.2f}x",
+                marked(f"{r['p50_ms']:.2f}", r),
+                marked(f"{r['vs_student']:.2f}x", r),
             ]
             for r in cascade
         ]
@@ -154,10 +190,10 @@ def markdown(results: dict) -> str:
                 str(r["image_size"]),
                 str(r["batch"]),
                 r["backend"],
-                f"{r['torch_ms_per_batch']:.2f}",
-                f"{r['onnx_ms_per_batch']:.2f}",
+                marked(f"{r['torch_ms_per_batch']:.2f}", r),
+                marked(f"{r['onnx_ms_per_batch']:.2f}", r),
                 f"{r['onnx_images_per_s']:.0f}",
-                f"{r['speedup']:.2f}x",
+                marked(f"{r['speedup']:.2f}x", r),
                 f"{r['max_abs_diff']:.1e}",
             ]
             for r in encoder
@@ -264,6 +300,8 @@ def write_results(results: dict, out: Path) -> dict[str, Path]:
     }
     write_text_atomic(paths["json"], json.dumps(plain, indent=1) + "\n")
     write_text_atomic(paths["md"], markdown(plain))
+    for stale in (paths["latency_png"], paths["recall_png"]):  # an earlier run's plots (--force) must not remain
+        stale.unlink(missing_ok=True)
     if plain.get("retrieval"):
         plot_latency(plain, paths["latency_png"])
         plot_recall_vs_latency(plain, paths["recall_png"])
@@ -274,6 +312,10 @@ CONSOLE_HEADLINE = ["N", "batch", "d", "p50 ms", "vs student", "theory", "% read
 
 
 def print_headline(results: dict) -> None:
-    """The headline on the console, narrow enough for 80 columns (the kernel is in results.md)."""
+    """The headline on the console, narrow enough for 80 columns (the kernel is in results.md), with the figures
+    that cannot be trusted marked and said so."""
     rows = [row[:3] + row[4:] for row in headline_rows(_plain(results))]
     print_table("exact search, largest gallery (synthetic unit-norm vectors)", CONSOLE_HEADLINE, rows)
+    noisy_rows, all_rows = untrusted_count(results)
+    if noisy_rows:
+        print(f"{noisy_rows} of {all_rows} timed rows marked {MARK} (see results.md). {LEGEND}")

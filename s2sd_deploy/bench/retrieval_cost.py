@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..metrics import recall_against_exact
-from ..timing import latency_stats, measure, measure_interleaved
+from ..timing import latency_stats, measure, measure_interleaved, noisy
 from .kernels import Cascade, ExactSearch, build_approximate, exact_kernels
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def contrast(rows: list[dict], student_dim: int, limits: dict) -> list[dict]:
                 "kernel": row["kernel"],
                 "p50_ms": row["p50_ms"],
                 "measured_ratio": row["p50_ms"] / base["p50_ms"] if base else None,
+                "noisy": noisy(row, base or {}),  # the figure or the student's it is compared with
                 "theoretical_ratio": d / student_dim,
                 "bandwidth_share": n * d * 4 / seconds / 1e9 / row["gallery_read_gbs"]
                 if row.get("gallery_read_gbs")
@@ -230,6 +231,7 @@ def cascade_latency(
                     "kernel": teacher.kernel if name == "teacher" else student.kernel,
                     **values,
                     "vs_student": values["p50_ms"] / stats["student"]["p50_ms"],
+                    "noisy": noisy(values, stats["student"]),
                 }
             )
     return rows

@@ -3,8 +3,9 @@
 Each command lives in its own module and calls library functions that tests call directly; they are
 registered here, explicitly. Errors a user can fix are :class:`~s2sd_deploy.errors.S2SDError`: :func:`main`
 prints them as one line and exits with their code (2 for usage errors, 3 for a missing GPU or package, 130
-after Ctrl-C). Set ``S2SD_DEBUG=1`` to see the traceback instead. Nothing heavy is imported before a
-command runs, so usage errors and ``--help`` answer at once.
+after Ctrl-C). A full disk, a quota or a read-only target (an :class:`OSError` ENOSPC, EDQUOT, EROFS, EACCES, ...)
+is a user error too: one line naming the file, exit 2. Set ``S2SD_DEBUG=1`` to see the traceback instead.
+Nothing heavy is imported before a command runs, so usage errors and ``--help`` answer at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 
 import typer
 
+from ..atomic_files import storage_message
 from ..errors import S2SDError
 from . import bench, embed, eval, export, index, report, search, train
 
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         sys.exit(3)
+    except OSError as error:
+        message = storage_message(error)
+        if message is None or os.environ.get("S2SD_DEBUG"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     except SystemExit as exit_:
         if exit_.code == 130:  # Ctrl-C outside a command that explains where to resume
             print("interrupted", file=sys.stderr)

@@ -22,7 +22,10 @@ def joined(values: list) -> str:
 def bench_latency(
     run: Annotated[
         Optional[Path],
-        typer.Option(help="Run directory for the accuracy and encoder parts.", show_default="newest under runs/"),
+        typer.Option(
+            help="Run directory for the accuracy and encoder parts.",
+            show_default="the newest finished run under runs/ with teachers",
+        ),
     ] = None,
     model: Annotated[
         Optional[Path],
@@ -45,7 +48,15 @@ def bench_latency(
         DEFAULTS.indexes
     ),
     device: Annotated[str, typer.Option(help="cpu, or gpu (faiss-gpu and CUDA).")] = DEFAULTS.device,
-    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and the plots.")] = Path(DEFAULTS.out),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for results.json, results.md and the plots: new, empty, or earlier results (with --force)."
+        ),
+    ] = Path(DEFAULTS.out),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace earlier results in --out (never a folder of other files).")
+    ] = DEFAULTS.force,
     max_seconds: Annotated[
         float, typer.Option(help="Time budget; later measurements are skipped and noted.")
     ] = DEFAULTS.max_seconds,
@@ -62,18 +73,31 @@ def bench_latency(
         out=str(out),
         max_seconds=max_seconds,
         encoder=not no_encoder,
+        force=force,
     )
     cfg.validate()  # before the heavy imports
     from ..bench.latency import run_benchmark
     from ..bench.latency_report import print_headline, write_results
+    from ..errors import Interrupted
 
-    results = run_benchmark(cfg, progress=lambda message: typer.echo(message, err=True))
-    results["command"] = "s2sd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = write_results(results, out)
+    try:
+        results = run_benchmark(cfg, progress=lambda message: typer.echo(message, err=True))
+        results["command"] = "s2sd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        paths = write_results(results, out)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted before anything was measured or written; rerun the same command (add --force if {out} "
+            f"already holds results)"
+        ) from None
     print_headline(results)
     for note in results["notes"]:
         typer.echo(f"note: {note}")
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+    if results["interrupted"]:
+        raise Interrupted(
+            f"interrupted: what was measured before Ctrl-C is in {out} (marked interrupted); rerun the same "
+            f"command with --force for every figure"
+        )
 
 
 def _run_of_model(model: Path | None) -> str | None:
@@ -88,8 +112,10 @@ def register(app: typer.Typer) -> None:
         "bench-latency",
         help="Measure what retrieval costs with low- vs high-dimensional embeddings, what each dimension buys, "
         "and what the encoder costs per backend.\n\n"
-        "The cost part runs on synthetic unit-norm vectors; the accuracy part on --run (default: the newest run "
-        "under runs/). With no arguments it finishes within about 3 minutes on 2 cores.\n\n"
+        "The cost part runs on synthetic unit-norm vectors; the accuracy part on --run (default: the newest finished "
+        "run under runs/ with teacher heads, said at the start). With no arguments it finishes within about 3 minutes "
+        "on 2 cores. Every timing carries its own noise (the spread between its repeats, and the load average before "
+        "and after); figures too noisy to trust are marked * in the table, results.json and results.md.\n\n"
         "Examples:\n\n"
         "  s2sd bench-latency\n\n"
         "  s2sd bench-latency --run runs/RUN --out bench/results/latency-RUN\n\n"

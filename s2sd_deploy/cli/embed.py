@@ -28,7 +28,9 @@ def embed(
     out: Annotated[
         Path,
         typer.Option(
-            help="Output .npz: `embeddings` (N, d) float32, `paths` (N,), `skipped`, `run_id`.", show_default=False
+            help="Output .npz: `embeddings` (N, d) float32, `paths` (N,), `skipped`, `run_id`, `format`. A file "
+            "`s2sd embed` wrote is replaced only with --force; any other file never.",
+            show_default=False,
         ),
     ],
     shard: Annotated[
@@ -52,17 +54,27 @@ def embed(
             show_default="TensorRT, CUDA, CPU as available",
         ),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an .npz that s2sd embed wrote before.")] = False,
 ) -> None:
-    from ..atomic_files import check_output_file
-    from ..serving.embedder import Embedder, embed_files, save_embeddings
+    from ..atomic_files import check_free_space
+    from ..errors import Interrupted
+    from ..output_folders import claim_output_file
+    from ..serving.embedder import Embedder, embed_files, embeddings_bytes, is_embeddings_file, save_embeddings
     from ..serving.images import list_images, shard_of
 
-    check_output_file(out, "--out")
+    claim_output_file(out, "--out", what="embeddings written by s2sd embed", is_ours=is_embeddings_file, force=force)
     embedder = Embedder(model, providers=provider, threads=threads, batch_size=batch_size)
     paths = shard_of(list_images(inputs), parse_shard(shard))
+    check_free_space(out.parent, embeddings_bytes(len(paths), embedder.dim, paths), "--out", "the embeddings")
     started = time.perf_counter()
-    with tqdm(total=len(paths), unit="img", desc="embedding") as bar:
-        result = embed_files(embedder, paths, workers, skip_bad_images, progress=bar.update)
+    try:
+        with tqdm(total=len(paths), unit="img", desc="embedding") as bar:
+            result = embed_files(embedder, paths, workers, skip_bad_images, progress=bar.update)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted: nothing was written to {out}; rerun the same command to embed the {len(paths)} images "
+            f"(use --shard K/N to split a long job)"
+        ) from None
     seconds = time.perf_counter() - started
     save_embeddings(out, result, embedder.metadata)
     for path, why in result.skipped:
@@ -84,6 +96,7 @@ def register(app: typer.Typer) -> None:
         "Examples:\n\n"
         "  s2sd embed photos/ --model runs/RUN/export/model.onnx --out "
         "photos.npz\n\n"
+        "  s2sd embed photos/ --model model.onnx --out photos.npz --force      # replace the earlier photos.npz\n\n"
         "  s2sd embed /data/catalog --model model.onnx --out part-$SLURM_ARRAY_TASK_ID.npz --shard "
         "$SLURM_ARRAY_TASK_ID/64",
     )(embed)

@@ -17,7 +17,16 @@ def export(
     engine: Annotated[
         str, typer.Option(help="onnx, or trt to also build a TensorRT engine (NVIDIA GPU + tensorrt).")
     ] = DEFAULTS.engine,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder.", show_default="RUN/export")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Output folder: new, empty, or an earlier export (replaced only with --force).",
+            show_default="RUN/export",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the earlier export in --out (never a folder of other files).")
+    ] = DEFAULTS.force,
     checkpoint: Annotated[
         str,
         typer.Option(
@@ -67,11 +76,20 @@ def export(
         triton=triton,
         workspace_mb=workspace_mb,
         verify_limit=verify_limit,
+        force=force,
     )
     cfg.validate()  # before the heavy imports
     from ..deploy.export import export_run
+    from ..errors import Interrupted
 
-    report = export_run(cfg)
+    try:
+        report = export_run(cfg)
+    except KeyboardInterrupt:
+        where = cfg.out or f"{run}/export"
+        raise Interrupted(
+            f"interrupted: {where} is unchanged (the previous export, if any, is whole); rerun the same "
+            f"s2sd export to export again"
+        ) from None
     selection = report["checkpoint"]
     typer.echo(f"exported {selection['checkpoint']} (epoch {selection.get('epoch')}): {selection['rule']}")
     for name, figures in report["parity"].items():
@@ -91,9 +109,12 @@ def register(app: typer.Typer) -> None:
         help="Export a run's student (no teachers) to ONNX, verify it against PyTorch, optionally build a "
         "TensorRT engine.\n\n"
         "Writes model.onnx, export_report.json (parity figures) and, with --engine trt on an NVIDIA GPU, model.engine "
-        "with a JSON sidecar. Without TensorRT or a GPU the verified ONNX is still written and the command exits 3.\n\n"
+        "with a JSON sidecar. Without TensorRT or a GPU the verified ONNX is still written and the command exits 3. "
+        "Everything is written and verified beside --out and swapped in whole, so an interrupted export leaves the "
+        "previous export intact; an earlier export is replaced only with --force.\n\n"
         "Examples:\n\n"
-        "  s2sd export runs/digits-msdfa-20261124-101500\n\n"
+        "  s2sd export runs/glyphs-msdfa-20261125-101500\n\n"
+        "  s2sd export runs/glyphs-msdfa-20261125-101500 --force      # export it again, replacing RUN/export\n\n"
         "  s2sd export RUN --engine trt --precision fp16 --batch-opt 64 --batch-max 256\n\n"
         "  s2sd export RUN --with-teacher --triton --out deploy/",
     )(export)

@@ -16,14 +16,20 @@ def report(
     plot: Annotated[
         Optional[Path], typer.Option(help="Also write a bar plot of the final metrics (PNG).", show_default=False)
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a report or plot s2sd report wrote before (never another file).")
+    ] = False,
 ) -> None:
-    from ..atomic_files import check_output_file
+    from ..output_folders import claim_output_file
     from ..tables import print_table
-    from ..training.report import comparison_table, load_rows, write_report
+    from ..training.report import comparison_table, is_report_markdown, is_report_plot, load_rows, write_report
 
-    for option, path in (("--markdown", markdown), ("--plot", plot)):
+    for option, path, what, is_ours in (
+        ("--markdown", markdown, "a report written by s2sd report", is_report_markdown),
+        ("--plot", plot, "a plot written by s2sd report", is_report_plot),
+    ):
         if path is not None:
-            check_output_file(path, option)
+            claim_output_file(path, option, what=what, is_ours=is_ours, force=force)
     rows = load_rows(runs)
     write_report(rows, markdown, plot)
     print_table("runs compared (final-epoch metrics)", *comparison_table(rows))
@@ -33,6 +39,6 @@ def register(app: typer.Typer) -> None:
     app.command(
         help="Compare runs: the configuration values that differ between them, and their test metrics.\n\n"
         "Examples:\n\n"
-        "  s2sd report runs/digits-msdfa-* runs/digits-baseline-*\n\n"
+        "  s2sd report runs/glyphs-msdfa-* runs/glyphs-baseline-*\n\n"
         "  s2sd report runs/* --markdown report.md --plot report.png",
     )(report)

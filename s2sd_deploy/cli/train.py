@@ -21,17 +21,17 @@ from .options import int_list
 EXAMPLES = """
 Examples:
 
-  s2sd train                                   # S2SD on the bundled digits, ~1 minute on a CPU
+  s2sd train                                   # S2SD on the bundled glyphs, ~2 minutes on 2 CPU cores
 
   s2sd train --no-s2sd --seed 1                # the plain baseline
 
-  s2sd train --validation-classes 2 --batch-size 48 --lr 3e-4   # tune on digits 3-4, test classes unseen
+  s2sd train --validation-classes 50 --lr 3e-4  # choose the lr on 50 held-out Latin classes, test scripts unseen
 
   s2sd train --dataset cub200 --data-root ~/data/CUB_200_2011 --pretrained IMAGENET1K_V1 --backbone resnet50
 
   s2sd train --config train/cub200-r50-128-multisimilarity-msdfa.toml --data-root ~/data/CUB_200_2011
 
-  s2sd train --resume runs/digits-msdfa-20261124-101500
+  s2sd train --resume runs/glyphs-msdfa-20261125-101500
 
   torchrun --nproc_per_node 2 -m s2sd_deploy.cli train --epochs 1
 """

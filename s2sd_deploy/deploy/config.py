@@ -28,6 +28,7 @@ class ExportConfig:
     triton: bool = False
     workspace_mb: int = 2048  # TensorRT builder workspace limit
     verify_limit: int | None = None  # verify on the first N test images only (None: all)
+    force: bool = False  # replace an earlier export in --out
 
     def validate(self) -> None:
         """Checked before anything is loaded: a wrong option must not cost a model load and a verification."""

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..atomic_files import atomic_path, write_json_atomic
+from ..atomic_files import atomic_path, check_free_space, interruption_point, write_json_atomic
 from ..errors import MissingDependencyError, S2SDError
-from ..serving.interface import INPUT, ONNX_FORMAT, OUTPUT, TEACHER_OUTPUT
+from ..output_folders import claim_output_folder, keep_failed, recover_folder, staging_folder, swap_in
+from ..serving.interface import INPUT, ONNX_FORMAT, OUTPUT, REPORT, REPORT_FORMAT, TEACHER_OUTPUT, file_sha256
 from ..training.model import DeployedModel
 from ..training.run_dir import RunDir
 from .config import ExportConfig
@@ -98,62 +100,132 @@ def test_metrics_of(run: RunDir, selection: dict) -> dict:
 def export_run(cfg: ExportConfig) -> dict:
     """``s2sd export``: write ``model.onnx`` (+ engine, Triton repository) and ``export_report.json``.
 
-    Raises S2SDError when a parity bound breaks, and MissingDependencyError (exit 3) after writing
-    the verified ONNX when a TensorRT engine was asked for on a machine that cannot build one.
+    Everything is written and verified in a staging folder beside the output folder, then swapped in whole: an
+    interrupted export leaves the previous verified export (or none), never an unverified model beside a report.
+    Raises S2SDError when a parity bound breaks (the attempt is kept as ``.OUT.failed``), and
+    MissingDependencyError (exit 3) after writing the verified ONNX when a TensorRT engine was asked for on a
+    machine that cannot build one.
     """
     cfg.validate()
     run = RunDir.open(cfg.run)
+    out = Path(cfg.out) if cfg.out else run.path / "export"
+    claim_export_folder(out, cfg, run)
     model, selection = run.load_model(cfg.checkpoint)
     deployed = model.deployed(cfg.with_teacher)
-    out = Path(cfg.out) if cfg.out else run.path / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    check_free_space(out, 2 * model_bytes(deployed) * (2 if cfg.triton else 1), "--out", "the exported model")
+    staging = staging_folder(out)
+    try:
+        report = _export_into(cfg, run, model, selection, deployed, staging, out)
+    except ParityFailure as failure:
+        kept = keep_failed(staging, out)
+        raise S2SDError(f"{failure}; the unverified attempt is in {kept} ({out} is unchanged)") from None
+    except TensorRTMissing as missing:
+        swap_in(staging, out)
+        raise MissingDependencyError(
+            f"{out / 'model.onnx'} is written and verified, but no TensorRT engine was built: {missing}"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    swap_in(staging, out)
+    return report
+
+
+def claim_export_folder(out: Path, cfg: ExportConfig, run: RunDir) -> None:
+    """The output folder must be new, empty, or an earlier export (replaced with --force); never the run itself,
+    a folder holding the run, or the checkpoint file exported."""
+    inputs = [run.path] + ([Path(cfg.checkpoint)] if Path(cfg.checkpoint).suffix == ".safetensors" else [])
+    for given in inputs:
+        source, target = given.resolve(), out.resolve()
+        if source == target or target in source.parents:
+            raise S2SDError(f"--out {out} holds the input {given}: choose an output folder outside it")
+    recover_folder(out)  # an earlier export that a killed swap left parked is the folder's content again
+    claim_output_folder(out, "--out", what="an s2sd export", owner_files=[REPORT], force=cfg.force)
+
+
+class ParityFailure(Exception):
+    """ONNX Runtime and PyTorch disagree beyond the bounds; the message says by how much."""
+
+
+class TensorRTMissing(Exception):
+    """A TensorRT engine was asked for where none can be built; the verified ONNX is still exported."""
+
+
+def _export_into(cfg, run, model, selection, deployed, staging: Path, out: Path) -> dict:
+    """Write and verify the export in ``staging``; the report names the files where they will be (``out``)."""
     teacher_dim = deployed.teacher[-1].out_features if deployed.teacher is not None else None
     log.info("exporting %s (epoch %s): %s", selection["checkpoint"], selection.get("epoch"), selection["rule"])
     metadata = onnx_metadata(run, model.embed_dim, teacher_dim, selection)
-    onnx_path = export_onnx(deployed, out / "model.onnx", run.config.image_size, cfg.opset, metadata)
+    onnx_path = export_onnx(deployed, staging / "model.onnx", run.config.image_size, cfg.opset, metadata)
+    interruption_point("export-verify")
     parity = verify_onnx(deployed, onnx_path, run.config, cfg.verify_limit)
     report = {
+        "format": REPORT_FORMAT,
         "config": asdict(cfg),
         "run_id": run.run_id,
-        "onnx": str(onnx_path),
+        "onnx": str(out / "model.onnx"),
         "package_version": __version__,
         "checkpoint": selection,
         "onnx_bytes": onnx_path.stat().st_size,
+        "onnx_sha256": file_sha256(onnx_path),
         "metadata": metadata,
         "parity": parity,
     }
     failure = parity_failure(parity)
     if failure:
-        write_json_atomic(out / "export_report.json", {**report, "status": "failed"})
-        raise S2SDError(failure + f"; see {out / 'export_report.json'}")
+        write_json_atomic(staging / REPORT, {**report, "status": "failed"})
+        raise ParityFailure(failure)
     if cfg.triton:
         from .triton import write_triton_repository
 
-        report["triton"] = str(write_triton_repository(onnx_path, out / "triton", cfg.batch_max))
+        write_triton_repository(onnx_path, staging / "triton", cfg.batch_max)
+        report["triton"] = str(out / "triton" / "s2sd_embedder")
     if cfg.engine == "trt":
-        report["tensorrt"] = _build_tensorrt(cfg, onnx_path, out, report)
-    write_json_atomic(out / "export_report.json", {**report, "status": "ok"})
+        try:
+            report["tensorrt"] = _build_tensorrt(cfg, onnx_path, staging, out)
+        except TensorRTMissing as missing:
+            write_json_atomic(staging / REPORT, {**report, "status": "onnx-only", "tensorrt": str(missing)})
+            raise
+    write_json_atomic(staging / REPORT, {**report, "status": "ok"})
     return report
 
 
-def _build_tensorrt(cfg: ExportConfig, onnx_path: Path, out: Path, report: dict) -> dict:
+def model_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers: about the size of its ONNX file."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+def _build_tensorrt(cfg: ExportConfig, onnx_path: Path, staging: Path, out: Path) -> dict:
     from .tensorrt import TensorRTUnavailable, build_engine, check_engine
 
+    previous_cache = out / "timing.cache"
+    if previous_cache.is_file():  # kernel timings of the previous build make this one faster
+        shutil.copyfile(previous_cache, staging / "timing.cache")
     try:
         engine = build_engine(
             onnx_path,
-            out / "model.engine",
+            staging / "model.engine",
             cfg.batch_min,
             cfg.batch_opt,
             cfg.batch_max,
             cfg.precision,
             cfg.workspace_mb,
-            timing_cache=out / "timing.cache",
+            timing_cache=staging / "timing.cache",
         )
     except TensorRTUnavailable as missing:
-        write_json_atomic(out / "export_report.json", {**report, "status": "onnx-only", "tensorrt": str(missing)})
-        raise MissingDependencyError(
-            f"{onnx_path} is written and verified, but no TensorRT engine was built: {missing}"
-        ) from None
-    engine["check"] = check_engine(out / "model.engine", onnx_path)
+        raise TensorRTMissing(str(missing)) from None
+    engine["check"] = check_engine(staging / "model.engine", onnx_path)
+    engine = relocated(engine, staging, out)
+    write_json_atomic(staging / "model.json", engine)  # the sidecar, naming the files where they will be
     return engine
+
+
+def relocated(value, staging: Path, out: Path):
+    """``value`` with every path under ``staging`` renamed to the same path under ``out``."""
+    if isinstance(value, dict):
+        return {k: relocated(v, staging, out) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocated(v, staging, out) for v in value]
+    if isinstance(value, str) and value.startswith(str(staging)):
+        return str(out) + value[len(str(staging)) :]
+    return value

@@ -11,6 +11,7 @@ runs it with PIL and numpy.
 from __future__ import annotations
 
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,12 +19,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..atomic_files import atomic_path
+from ..atomic_files import atomic_path, interruption_point
 from ..errors import S2SDError
 from ..gpu import nvidia_gpu_visible
 from .images import open_image
-from .interface import INPUT, ONNX_FORMAT, OUTPUT, TEACHER_OUTPUT
-from .preprocessing import Preprocessing
+from .interface import INPUT, ONNX_FORMAT, OUTPUT, TEACHER_OUTPUT, check_export_report
+from .preprocessing import CHANNELS, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ def open_session(path: Path, providers: Sequence[str] | None, threads: int | Non
 class Embedder:
     """Embed images with an exported s2sd model through onnxruntime.
 
-    ``embed`` accepts a list of PIL images, file paths, uint8 arrays (H, W, 3) or (N, H, W, 3)
-    of raw RGB pixels, or float32 arrays (N, 3, S, S) / (3, S, S) that are already preprocessed;
-    it returns float32 embeddings (N, d). Safe to call from several threads at once.
+    ``embed`` accepts a list of PIL images (any mode, see :mod:`.images`), file paths, uint8 (or 16-bit uint16)
+    arrays (H, W, 3) or (N, H, W, 3) of raw RGB pixels, or float32 arrays (N, 3, S, S) / (3, S, S) that are
+    already preprocessed; it returns float32 embeddings (N, d). Safe to call from several threads at once.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Embedder:
             raise S2SDError(f"batch_size must be at least 1, got {batch_size}")
         if threads is not None and threads < 1:
             raise S2SDError(f"threads must be at least 1 (or None for onnxruntime's choice), got {threads}")
+        check_export_report(self.path)
         self.session = open_session(self.path, providers, threads)
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         if self.metadata.get("s2sd_format") != ONNX_FORMAT:
@@ -112,16 +114,23 @@ class Embedder:
         try:
             self.preprocess = Preprocessing.from_metadata(self.metadata)
             self.dim = int(self.metadata["embedding_dim"])
+            self.teacher_dim = int(self.metadata["teacher_dim"]) if "teacher_dim" in self.metadata else None
+            if min(self.dim, self.teacher_dim or 1) < 1:
+                raise ValueError(
+                    f"dimensions must be at least 1: embedding_dim {self.dim}, teacher_dim {self.teacher_dim}"
+                )
         except (KeyError, ValueError) as error:
             raise S2SDError(
                 f"{self.path} has the s2sd format tag but its metadata is incomplete or malformed "
                 f"({error!r}); export the model again with `s2sd export RUN`"
             ) from None
+        except S2SDError as error:
+            raise S2SDError(f"{self.path}: its metadata is unusable: {error}; export the model again") from None
         self.batch_size = batch_size
         self.input_name = self.metadata.get("input_name", INPUT)
         self.output_name = self.metadata.get("output_name", OUTPUT)
-        self.teacher_dim = int(self.metadata["teacher_dim"]) if "teacher_dim" in self.metadata else None
         self.teacher_output_name = self.metadata.get("teacher_output_name", TEACHER_OUTPUT)
+        check_graph(self)
         self.provider = self.session.get_providers()[0]  # what runs, not what was asked for
         if self.provider == "CPUExecutionProvider" and nvidia_gpu_visible():
             log.warning(
@@ -145,11 +154,13 @@ class Embedder:
     def run(self, images: np.ndarray, with_teacher: bool = False):
         """Run the network on preprocessed float32 (N, 3, S, S) images: the student's embeddings, or with
         ``with_teacher`` the pair (student, teacher)."""
-        if not with_teacher:
-            return self.session.run([self.output_name], {self.input_name: images})[0]
-        self.require_teacher()
-        student, teacher = self.session.run([self.output_name, self.teacher_output_name], {self.input_name: images})
-        return student, teacher
+        if with_teacher:
+            self.require_teacher()
+        names = [self.output_name, self.teacher_output_name] if with_teacher else [self.output_name]
+        outputs = self.session.run(names, {self.input_name: images})
+        for name, array, dim in zip(names, outputs, (self.dim, self.teacher_dim)):
+            check_output(self.path, name, array, dim, len(images))
+        return tuple(outputs) if with_teacher else outputs[0]
 
     def require_teacher(self) -> None:
         if self.teacher_dim is None:
@@ -183,6 +194,8 @@ class Embedder:
 
     def _from_array(self, array: np.ndarray) -> np.ndarray:
         size = self.preprocess.image_size
+        if array.dtype == np.uint16 and array.ndim in (3, 4) and array.shape[-1] == 3:  # 16-bit RGB: to 8 bits
+            array = ((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
         if array.dtype == np.uint8 and array.ndim in (3, 4) and array.shape[-1] == 3:
             images = array[None] if array.ndim == 3 else array
             if not len(images):
@@ -199,7 +212,67 @@ class Embedder:
             return batch
         raise S2SDError(
             f"cannot embed an array of shape {array.shape} and dtype {array.dtype}: expected uint8 RGB images "
-            f"(H, W, 3) or (N, H, W, 3), or preprocessed float32 (N, 3, {size}, {size})"
+            f"(H, W, 3) or (N, H, W, 3) (uint16 for 16 bits), or preprocessed float32 (N, 3, {size}, {size})"
+        )
+
+
+# --- the model's metadata against its graph ------------------------------------------------------------------
+def check_graph(embedder: Embedder) -> None:
+    """Refuse a model whose s2sd metadata disagrees with its graph (names, input size and channels, output
+    dimensions, input type): one line naming the metadata key, its value and the graph's. Dimensions the graph
+    leaves symbolic are checked on every run instead (:func:`check_output`)."""
+    path = embedder.path
+    inputs = {i.name: i for i in embedder.session.get_inputs()}
+    outputs = {o.name: o for o in embedder.session.get_outputs()}
+
+    def refuse(key: str, value, graph: str) -> S2SDError:
+        return S2SDError(
+            f"{path}: its metadata says {key} {value} but its graph {graph}; the file was edited or assembled by "
+            f"hand: export the model again with `s2sd export RUN`"
+        )
+
+    if embedder.input_name not in inputs:
+        raise refuse("input_name", repr(embedder.input_name), f"takes input(s) {', '.join(map(repr, inputs))}")
+    expected_outputs = [("output_name", embedder.output_name, "embedding_dim", embedder.dim)]
+    if embedder.teacher_dim is not None:
+        expected_outputs.append(
+            ("teacher_output_name", embedder.teacher_output_name, "teacher_dim", embedder.teacher_dim)
+        )
+    for key, name, _, _ in expected_outputs:
+        if name not in outputs:
+            raise refuse(key, repr(name), f"has output(s) {', '.join(map(repr, outputs))}")
+    graph_input = inputs[embedder.input_name]
+    if graph_input.type != "tensor(float)":
+        raise refuse("input_name", repr(embedder.input_name), f"types it {graph_input.type}, not tensor(float)")
+    shape = list(graph_input.shape)
+    if len(shape) != 4:
+        raise refuse("layout", "NCHW", f"gives input {embedder.input_name!r} the shape {shape}")
+    size = embedder.preprocess.image_size
+    if isinstance(shape[1], int) and shape[1] != CHANNELS:
+        raise refuse("channel_order", f"RGB ({CHANNELS} channels)", f"takes {shape[1]} channels")
+    for axis, side in zip(("height", "width"), shape[2:]):
+        if isinstance(side, int) and side != size:
+            raise refuse("image_size", size, f"takes images of {axis} {side}")
+    for key, name, dim_key, dim in expected_outputs:
+        out_shape = list(outputs[name].shape)
+        if len(out_shape) != 2:
+            raise refuse(key, repr(name), f"gives it the shape {out_shape}, not [batch, {dim_key}]")
+        if isinstance(out_shape[1], int) and out_shape[1] != dim:
+            raise refuse(dim_key, dim, f"gives output {name!r} {out_shape[1]} dimensions")
+
+
+def check_output(path: Path, name: str, array: np.ndarray, dim: int, rows: int) -> None:
+    """What the network returned has the dimensions its metadata promises, and no NaN or infinity."""
+    if array.shape != (rows, dim):
+        raise S2SDError(
+            f"{path}: output {name!r} has shape {list(array.shape)} but its metadata promises ({rows}, {dim}); "
+            f"export the model again with `s2sd export RUN`"
+        )
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array).all(axis=1)).sum())
+        raise S2SDError(
+            f"{path}: output {name!r} is NaN or infinite for {bad} of {rows} images; the model is broken, "
+            f"export it again with `s2sd export RUN`"
         )
 
 
@@ -262,6 +335,7 @@ def embed_files(
                 kept += [path for path, _ in good]
             if progress:
                 progress(len(chunk))
+            interruption_point("embed-batch")
     embeddings = np.concatenate(outputs) if outputs else np.zeros((0, embedder.dim), np.float32)
     teacher = None
     if with_teacher:
@@ -282,14 +356,37 @@ def _prefetch(pool, function, items, window: int):
         yield pending.popleft().result()
 
 
+EMBEDDINGS_FORMAT = "s2sd-embeddings/1"
+EMBEDDINGS_KEYS = {"embeddings", "paths", "skipped", "run_id"}  # what every s2sd embed .npz holds
+
+
 def save_embeddings(path: Path, result: EmbeddedFiles, metadata: dict[str, str]) -> None:
-    """An .npz with ``embeddings`` (N, d), ``paths`` (N,), ``skipped`` (files that did not decode) and the
-    model's ``run_id`` (no pickles)."""
+    """An .npz with ``format`` (``s2sd-embeddings/1``), ``embeddings`` (N, d), ``paths`` (N,), ``skipped`` (files
+    that did not decode) and the model's ``run_id`` (no pickles)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(
             handle,
+            format=np.array(EMBEDDINGS_FORMAT),
             embeddings=result.embeddings,
             paths=np.array([str(p) for p in result.paths], dtype=str),
             skipped=np.array([str(p) for p, _ in result.skipped], dtype=str),
             run_id=np.array(metadata.get("run_id", "")),
         )
+
+
+def is_embeddings_file(path: Path) -> bool:
+    """Whether ``path`` is an .npz that ``s2sd embed`` wrote (its ``format`` key, or the keys of the files written
+    before it had one)."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            if "format" in saved.files:
+                return str(saved["format"]) == EMBEDDINGS_FORMAT
+            return set(saved.files) == EMBEDDINGS_KEYS
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # not an .npz, or not one numpy can read
+        return False
+
+
+def embeddings_bytes(count: int, dim: int, paths: list[Path]) -> int:
+    """About the size of the .npz of ``count`` embeddings of ``dim`` and their paths (numpy stores UCS-4 text)."""
+    longest = max((len(str(p)) for p in paths), default=0)
+    return count * dim * 4 + count * longest * 4 + 4096

@@ -9,6 +9,7 @@ writes it into the ONNX metadata, and :class:`Preprocessing` runs it with PIL an
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..errors import S2SDError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")  # names shared by PIL and torchvision
+CHANNELS = 3  # RGB
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,18 @@ class Preprocessing:
             raise S2SDError(
                 f"unsupported interpolation {self.interpolation!r}; choose one of: {', '.join(INTERPOLATIONS)}"
             )
+        if not 1 <= self.image_size <= self.resize_size:
+            raise S2SDError(
+                f"image_size {self.image_size} must be at least 1 and at most resize_size {self.resize_size} "
+                f"(the centre crop is taken from the resized image)"
+            )
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != CHANNELS:
+                raise S2SDError(f"{name} has {len(values)} values {list(values)} for the {CHANNELS} RGB channels")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+                raise S2SDError(f"{name} {list(values)} must be {CHANNELS} finite numbers")
+        if min(self.std) <= 0:
+            raise S2SDError(f"std {list(self.std)} must be above 0 in every channel (pixels are divided by it)")
 
     def to_metadata(self) -> dict[str, str]:
         """The ONNX metadata entries that describe this preprocessing (all strings)."""
@@ -57,12 +71,17 @@ class Preprocessing:
                 f"unsupported preprocessing in model metadata: {metadata.get('channel_order')}, "
                 f"{metadata.get('layout')}"
             )
+        mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
+        if not isinstance(mean, list) or not isinstance(std, list):
+            raise S2SDError(
+                f"mean {metadata['mean']} and std {metadata['std']} must be JSON lists of {CHANNELS} numbers"
+            )
         return cls(
             int(metadata["image_size"]),
             int(metadata["resize_size"]),
             metadata.get("interpolation", "bilinear"),
-            tuple(json.loads(metadata["mean"])),
-            tuple(json.loads(metadata["std"])),
+            tuple(mean),
+            tuple(std),
         )
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:

@@ -162,7 +162,12 @@ class TrainConfig:
         choices=AUGMENTATIONS,
     )
     crop_scale_min: float = option(0.08, "Lower scale bound of training's RandomResizedCrop.", DATA)
-    hflip: bool = option(True, "Random horizontal flips in training (crop augmentation).", DATA)
+    hflip: bool | None = option(
+        None,
+        "Random horizontal flips in training (crop augmentation only: affine never flips).",
+        DATA,
+        default_text="on with --augmentation crop (digits off), off with affine",
+    )
     skip_bad_images: bool = option(False, "Skip and count undecodable images instead of stopping.", DATA)
     validation_classes: int = option(
         0,
@@ -286,6 +291,8 @@ class TrainConfig:
                 setattr(cfg, key, value)
         if cfg.freeze_bn is None:
             cfg.freeze_bn = cfg.backbone == "resnet50"
+        if cfg.hflip is None:  # config.json records what the run does: the affine augmentation never flips
+            cfg.hflip = cfg.augmentation == "crop"
         if cfg.criterion_lr is None:
             cfg.criterion_lr = cfg.lr if cfg.s2sd else BASELINE_CRITERION_LR
         if cfg.recall_ks is None:
@@ -323,6 +330,8 @@ class TrainConfig:
                 f"--recall-ks {format_value(self.recall_ks)} must include 1: Recall@1 chooses checkpoints "
                 f"and is what every report leads with"
             )
+        if self.hflip and self.augmentation == "affine":
+            raise S2SDError("--hflip works with --augmentation crop only; the affine augmentation never flips")
         if self.dw_upper_cutoff is not None and self.dw_upper_cutoff <= self.dw_lower_cutoff:
             raise S2SDError(
                 f"--dw-upper-cutoff {self.dw_upper_cutoff} must be above --dw-lower-cutoff {self.dw_lower_cutoff}"

@@ -11,6 +11,8 @@ from ..plots import pyplot, save_figure
 from ..tables import markdown_table
 from .run_dir import RunDir
 
+MARKDOWN_TITLE = "# Runs compared"
+PLOT_SOFTWARE = "s2sd report"  # the PNG's Software text chunk
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "recall@10", "recall@100", "nmi", "map@r")
 
 
@@ -89,13 +91,33 @@ def plot_runs(rows: list[RunRow], path: Path) -> None:
     )
     axis.set(ylabel="final test metric", title="runs compared")
     axis.legend()
-    save_figure(figure, path)
+    save_figure(figure, path, software=PLOT_SOFTWARE)
+
+
+def is_report_markdown(path: Path) -> bool:
+    """Whether ``path`` is a Markdown report ``s2sd report`` wrote (it starts with its title)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().rstrip("\n") == MARKDOWN_TITLE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_report_plot(path: Path) -> bool:
+    """Whether ``path`` is a PNG ``s2sd report`` wrote (its Software text chunk)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PLOT_SOFTWARE
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def write_report(rows: list[RunRow], markdown_path: Path | None = None, plot_path: Path | None = None) -> str:
     """The Markdown report (written when a path is given) and, optionally, the plot."""
     header, cells = comparison_table(rows)
-    text = "# Runs compared\n\n" + markdown_table(header, cells) + "\n"
+    text = MARKDOWN_TITLE + "\n\n" + markdown_table(header, cells) + "\n"
     if markdown_path:
         write_text_atomic(markdown_path, text)
     if plot_path:

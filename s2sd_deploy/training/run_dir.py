@@ -8,21 +8,22 @@ A checkpoint is one safetensors file. Its tensors are prefixed by what they belo
 ``backbone.``, ``student.``, ``teachers.`` (the model), ``criterion.`` (learnable loss parameters such as
 margin betas) and ``optimizer.``. Non-tensor training state (epoch, step, optimiser hyper-parameters) is
 JSON in the file's metadata, so nothing is ever unpickled.
+
+Reading a run's JSON files needs no torch (``s2sd report`` runs without it); torch and safetensors are imported
+where checkpoints are read or written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..atomic_files import atomic_path, read_json, remove_temporary_files, write_json_atomic, write_text_atomic
@@ -30,7 +31,11 @@ from ..errors import S2SDError
 from ..locks import ExclusiveLock
 from ..plots import pyplot, save_figure
 from .config import TrainConfig, migrate_v1
-from .model import EmbeddingModel, build_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from .model import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +150,10 @@ class RunDir:
     def config(self) -> TrainConfig:
         data = self._config_file
         values = OLD_FORMATS[data["format"]](data["config"]) if data["format"] in OLD_FORMATS else data["config"]
-        return TrainConfig.from_dict(values, source=str(self.path / self.CONFIG))
+        cfg = TrainConfig.from_dict(values, source=str(self.path / self.CONFIG))
+        if cfg.augmentation == "affine" and cfg.hflip:  # recorded by earlier versions; that augmentation never flips
+            cfg = replace(cfg, hflip=False)
+        return cfg
 
     @cached_property
     def meta(self) -> dict:
@@ -235,6 +243,8 @@ class RunDir:
 
     def load_model(self, which: str = "shipped") -> tuple[EmbeddingModel, dict]:
         """The trained model (with its teachers) in eval mode on the CPU, and its selection record."""
+        from .model import build_model
+
         path, selection = self.select_checkpoint(which)
         checkpoint = load_checkpoint(path)
         selection.setdefault("epoch", checkpoint["training_state"].get("state", {}).get("epoch"))
@@ -261,6 +271,8 @@ def load_matching(module: torch.nn.Module, state: dict, path: Path, config_path:
 # --- the checkpoint file format ---------------------------------------------------------------------
 def _flatten(prefix: str, value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     """Move tensors out of a nested structure into ``tensors``; return the JSON-able rest."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         tensors[prefix] = value.detach().cpu().contiguous()
         return {"__tensor__": prefix}
@@ -288,7 +300,11 @@ def save_checkpoint(
     optimizer_state: dict | None = None,
     training_state: dict | None = None,
 ) -> None:
-    """Write a checkpoint atomically (see the module docstring for its layout)."""
+    """Write a checkpoint atomically (see the module docstring for its layout). A full disk is an OSError naming
+    ``path``, as for every other file (safetensors reports it as its own error type)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in model_state.items()}
     tensors.update({f"criterion.{k}": v.detach().cpu().contiguous() for k, v in (criterion_state or {}).items()})
     optimizer_meta = _flatten("optimizer", optimizer_state, tensors) if optimizer_state else None
@@ -299,11 +315,26 @@ def save_checkpoint(
         "training_state": json.dumps(training_state or {}),
     }
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as error:
+            raise as_os_error(error, path) from None
+
+
+def as_os_error(error: Exception, path: str | Path) -> Exception:
+    """safetensors' I/O failure ("... (os error 28)") as the OSError it wraps, naming ``path``."""
+    found = re.search(r"os error (\d+)", str(error))
+    if not found:
+        return error
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint: ``model``, ``criterion``, ``optimizer`` and ``training_state``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
     path = Path(path)
     if not path.is_file():
         raise S2SDError(f"checkpoint not found: {path}")

@@ -21,7 +21,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..atomic_files import check_free_space
 from ..errors import Interrupted, MissingDependencyError, S2SDError, TrainingDiverged
+from ..output_folders import claim_output_folder
 from .config import TrainConfig
 from .datasets import fingerprint, hold_out_classes, load_splits
 from .distributed import init_distributed, select_device, shutdown_distributed
@@ -56,6 +58,11 @@ def new_run_dir(cfg: TrainConfig) -> RunDir:
     run = RunDir(Path(cfg.out_dir) / name)
     if not is_main_process():  # rank 0 claims and writes
         return run
+    # A folder of the user's (files, no config.json) is never written into: a failed start would delete files
+    # named like a run's (summary.json, curves.png, ...) from it.
+    claim_output_folder(
+        run.path, "run directory", what="an s2sd run directory", owner_files=[], resumable=[RunDir.CONFIG, RunDir.LOCK]
+    )
     run.claim()
     if (run.path / RunDir.CONFIG).exists():
         if run.has_completed_epoch:
@@ -100,6 +107,8 @@ class Trainer:
         self.state = {"epoch": 0, "global_step": 0, "best_recall": -1.0, "best_epoch": None, "elapsed_s": 0.0}
         self.history: list[dict] = []
         self._report_data()
+        if self.dist.is_main:
+            self._check_space()
         if resume:
             self._load_last()
         elif self.dist.is_main:
@@ -113,6 +122,19 @@ class Trainer:
                 self.sampler.small_classes,
                 self.cfg.samples_per_class,
             )
+
+    def _check_space(self) -> None:
+        """Refuse at once a disk that cannot hold the checkpoints, instead of failing after the first epoch."""
+        parameters = sum(p.numel() * p.element_size() for p in (*self.model.parameters(), *self.loss.parameters()))
+        state = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        one = state + 2 * parameters  # weights and buffers, and the optimiser's two moments (Adam)
+        held = sum((self.run.path / name).stat().st_size for name in (LAST, BEST) if (self.run.path / name).is_file())
+        check_free_space(
+            self.run.path,
+            3 * one - held,
+            "run directory",
+            f"training (last and best checkpoints, and the next one while it is written: {one / 2**20:.0f} MiB each)",
+        )
 
     def _write_config(self) -> None:
         self.run.write_config(
