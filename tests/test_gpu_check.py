@@ -148,6 +148,10 @@ def test_bad_options_and_folders_get_one_line(tmp_path):
     result = check(str(tmp_path / "mine"), "--device", "cpu")
     assert result.returncode == 2 and "is a folder that is not a GPU check's output" in result.stderr
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / gpu_check.RESULTS).write_text("{}")
+    result = check(str(tmp_path / "earlier"), "--device", "cpu")
+    assert result.returncode == 2 and "already holds a GPU check's output; pass --force" in result.stderr
 
 
 def test_gpu_is_refused_in_one_line_without_cuda(tmp_path):

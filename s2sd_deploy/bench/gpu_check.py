@@ -150,8 +150,8 @@ def plan(cfg: GpuCheckConfig, gpu: bool, out: Path) -> list[Step]:
         Step(
             "export + parity",
             f"s2sd export of the {device}-trained run: ONNX, checker, parity with PyTorch on the test split",
-            s2sd(cfg, "export", str(main_run), "--out", str(out / "export"))
-            + (["--verify-limit", "16"] if cfg.quick else ["--with-teacher"]),
+            s2sd(cfg, "export", str(main_run), "--out", str(out / "export"), "--with-teacher")
+            + (["--verify-limit", "16"] if cfg.quick else []),
             120,
             lambda o: export_figures(o / "export"),
             needs=str(main_run / "summary.json"),
@@ -206,7 +206,7 @@ def install_step(cfg: GpuCheckConfig, out: Path) -> Step:
     wheels = sorted(str(w) for w in WHEELS.glob("*.whl"))
     quoted = lambda path: shlex.quote(str(path))  # noqa: E731
     sources = " ".join(quoted(ROOT / name) for name in ("pyproject.toml", "README.md", "s2sd_deploy"))
-    script = "\n".join(
+    script = "; ".join(
         [
             "set -e",
             "src=$(mktemp -d); trap 'rm -rf \"$src\"' EXIT",  # a copy: the build leaves the checkout as it was

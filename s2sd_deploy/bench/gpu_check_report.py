@@ -192,6 +192,8 @@ def step_result(step: dict) -> str:
         return ", ".join(
             f"{name.replace('ExecutionProvider', '')} {p['status']}" for name, p in figures["providers"].items()
         )
+    if "site" in figures:
+        return f"into {figures['site']}: the checkout" + "".join(f", {wheel}" for wheel in figures["wheels"])
     if "torch" in figures:
         return f"torch {figures['torch']['version']}, GPU {(figures.get('gpu') or {}).get('name', 'none')}"
     return json.dumps(figures)[:200]
