@@ -1,5 +1,6 @@
 """The CPU figures the GPU check compares its CUDA training with: the check's own training configuration, run on
-this machine's CPU, recorded into bench/results/gpu_check_cpu_reference.json (one entry per Python and torch).
+this machine's CPU, recorded into bench/results/gpu_check_cpu_reference.json (one entry per Python, torch and
+OMP_NUM_THREADS).
 
     python -m s2sd_deploy.bench.gpu_check reference [--out FILE]
 """
@@ -53,8 +54,7 @@ def record_reference(argv: list[str]) -> dict:
     }
     path = Path(args.out)
     reference = read(path) if path.is_file() else {}
-    key = lambda e: (e["environment"]["python"].rsplit(".", 1)[0], e["environment"]["torch"])  # noqa: E731
-    kept = [e for e in reference.get("references", []) if key(e) != key(entry)]
+    kept = [e for e in reference.get("references", []) if environment_key(e) != environment_key(entry)]
     reference = {
         "format": FORMAT,
         "configuration": ["s2sd", "train", *flags],
@@ -64,3 +64,9 @@ def record_reference(argv: list[str]) -> dict:
     write_json_atomic(path, reference)
     print(f"wrote {path}: Recall@1 {figures['recall@1']:.4f}, losses {figures['loss_by_epoch']}")
     return reference
+
+
+def environment_key(entry: dict) -> tuple:
+    """One reference per Python (major.minor), torch and thread count: each changes the figures."""
+    environment = entry["environment"]
+    return environment["python"].rsplit(".", 1)[0], environment["torch"], environment["threads"]

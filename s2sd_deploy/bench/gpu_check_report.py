@@ -7,12 +7,13 @@ from collections import Counter
 
 from ..tables import markdown_table
 
-# A CUDA run of the same configuration and seed is not bit-identical to a CPU run (other kernels, other summation
-# orders, cuDNN's TF32 convolutions), so its figures are compared within these bounds. They are those of two
-# CPU recordings of the reference configuration under different torch versions (bench/results/
-# gpu_check_cpu_reference.json) widened for a GPU's kernels; outside them, the GPU path trains differently.
-RECALL_TOLERANCE = 0.03  # Recall@1, absolute
-LOSS_TOLERANCE = 0.05  # loss of the last epoch, relative
+# A CUDA run of the same configuration and seed is not bit-identical to a CPU run (other kernels and summation
+# orders, cuDNN's TF32 convolutions), so its figures are compared within bounds. Measured on the CPU
+# (bench/results/gpu_check_cpu_reference.json): torch 2.11 on Python 3.12 and torch 2.14.1 on Python 3.11 train
+# bit-identically with one thread, while one thread against two moves the second epoch's Recall@1 by 0.048 and its
+# loss by 0.2%. The bounds leave a GPU's kernels a little more than that; outside them it trains differently.
+RECALL_TOLERANCE = 0.06  # Recall@1, absolute
+LOSS_TOLERANCE = 0.03  # loss of the last epoch, relative
 
 
 def verdicts(results: dict, reference: dict) -> dict:
