@@ -191,6 +191,9 @@ def plan(cfg: GpuCheckConfig, gpu: bool, out: Path) -> list[Step]:
             requires="tensorrt",
         ),
     ]
+    if not gpu and not cfg.quick:  # the limits are a GPU's; a full-size run on a CPU is bounded by --budget-s alone
+        for step in steps:
+            step.timeout_s = cfg.budget_s
     return steps
 
 
@@ -367,15 +370,25 @@ def run_step(step: Step, number: int, out: Path, env: dict, deadline: float, pro
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the step's own process group: torchrun's workers too
-            process.wait()
+            stop(process)
             code = None
         except KeyboardInterrupt:
-            os.killpg(process.pid, signal.SIGKILL)
+            stop(process)
             raise
     record.update(seconds=round(time.monotonic() - started, 1), returncode=code, log=str(log.relative_to(out)))
     record.update(judge(step, code, log, out, timeout))
     return record
+
+
+def stop(process: subprocess.Popen) -> None:
+    """End a step: SIGTERM to its process group first (torchrun then ends the workers it started in their own
+    sessions), SIGKILL to what is left after 10 s."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def importable(python: str, module: str, env: dict) -> bool:
