@@ -60,7 +60,7 @@ TRAIN_FLAGS = {
 }
 # bench-latency: the headline (largest gallery) is 2048-d against the student; the second size comes from the grid.
 LATENCY_FLAGS = {
-    "gpu": ["--dims", "2048", "--gallery-sizes", "100000,1000000", "--max-seconds", "150"],
+    "gpu": ["--dims", "2048", "--gallery-sizes", "100000,1000000", "--max-seconds", "180"],
     "cpu": ["--dims", "2048", "--gallery-sizes", "10000,100000", "--max-seconds", "90"],
     "quick": ["--dims", "64", "--gallery-sizes", "2000", "--query-batch", "1,8", "--max-seconds", "5"],
 }
@@ -165,7 +165,7 @@ def plan(cfg: GpuCheckConfig, gpu: bool, out: Path) -> list[Step]:
                 *("--index", "flat", "--no-encoder", "--out", str(out / "bench-latency")),
                 *LATENCY_FLAGS["quick" if cfg.quick else "gpu" if gpu else "cpu"],
             ),
-            240,
+            270,
             lambda o: latency_figures(o / "bench-latency"),
             needs=str(main_run / "summary.json"),
         ),
