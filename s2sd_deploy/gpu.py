@@ -2,15 +2,13 @@
 
 Each question has one function: is an NVIDIA GPU visible at all (no torch needed), can faiss use a GPU.
 (Whether torch can use CUDA is torch's own question: training asks ``torch.cuda.is_available()``.)
-Callers that need one raise :class:`MissingDependencyError` (exit code 3) with these texts.
+Callers that need one raise :class:`~s2sd_deploy.errors.MissingDependencyError` (exit code 3) with these texts.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-from .errors import MissingDependencyError
 
 GPU_EXTRA = "on an NVIDIA machine: pip install 's2sd-deploy[gpu]' (onnxruntime-gpu, faiss-gpu, tensorrt)"
 
@@ -25,8 +23,3 @@ def faiss_gpu_count() -> int:
     import faiss
 
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-def require_faiss_gpu(option: str) -> None:
-    if faiss_gpu_count() == 0:
-        raise MissingDependencyError(f"{option}: faiss sees no GPU (faiss.get_num_gpus() is 0); {GPU_EXTRA}")

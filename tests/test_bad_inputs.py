@@ -472,7 +472,7 @@ CASES = [
     Case(
         "bench: GPU without one",
         ["bench-latency", "--device", "gpu", "--out", "{tmp}/b"],
-        "faiss sees no GPU",
+        "torch sees no CUDA GPU",
         code=3,
         no_output=["{tmp}/b/results.json"],
     ),

@@ -24,13 +24,25 @@ def test_memory_estimate_refuses_before_allocating(monkeypatch):
         check_memory(BenchConfig(large=True), [128, 2048])
 
 
-def test_gpu_is_refused_without_faiss_gpus():
-    import faiss
+def test_gpu_needs_torch_cuda_but_not_faiss_gpu(monkeypatch):
+    import torch
 
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        pytest.skip("this machine has a faiss GPU")
-    with pytest.raises(MissingDependencyError, match="faiss sees no GPU.*faiss-gpu"):
+    from s2sd_deploy.bench.kernels import exact_kernels
+    from s2sd_deploy.bench.latency import check_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(MissingDependencyError, match="--device gpu: torch sees no CUDA GPU"):
         run_benchmark(BenchConfig(device="gpu"))
+    # With CUDA but faiss-cpu, the torch kernels measure the GPU and the results say faiss-gpu was absent.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for module in ("s2sd_deploy.bench.kernels", "s2sd_deploy.bench.latency"):
+        monkeypatch.setattr(f"{module}.faiss_gpu_count", lambda: 0)
+    assert exact_kernels("gpu") == ("matmul-topk", "matmul-grouped")
+    assert check_gpu("gpu")[0].startswith("faiss-gpu absent") and check_gpu("cpu") == []
+    for module in ("s2sd_deploy.bench.kernels", "s2sd_deploy.bench.latency"):
+        monkeypatch.setattr(f"{module}.faiss_gpu_count", lambda: 1)
+    assert exact_kernels("gpu") == ("faiss-flat", "matmul-topk", "matmul-grouped") and check_gpu("gpu") == []
 
 
 def test_latency_stats_and_measure():

@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 import torch
 
+from ..gpu import faiss_gpu_count
 from ..metrics import drop_self
 from ..serving.knn import group_size, grouped_topk, inner_products_by_id, rerank
 from .config import APPROXIMATE
@@ -23,7 +24,11 @@ CPU_ONLY_KERNELS = ("numpy-grouped",)
 
 
 def exact_kernels(device: str = "cpu") -> tuple[str, ...]:
-    return tuple(k for k in EXACT_KERNELS if device == "cpu" or k not in CPU_ONLY_KERNELS)
+    """The exact kernels that can run on ``device``: on a GPU the torch ones, and faiss's when faiss sees a GPU
+    (faiss-cpu has no GPU index; the torch kernels still measure the GPU)."""
+    if device == "cpu":
+        return EXACT_KERNELS
+    return tuple(k for k in EXACT_KERNELS if k not in CPU_ONLY_KERNELS and (k != "faiss-flat" or faiss_gpu_count() > 0))
 
 
 def grouped_topk_torch(scores: torch.Tensor, k: int, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +52,8 @@ def grouped_topk_torch(scores: torch.Tensor, k: int, group: int | None = None) -
 class ExactSearch:
     """Inner-product k-NN over a gallery (N, d) with one of :data:`EXACT_KERNELS`.
 
-    ``device="gpu"`` puts the faiss index on GPU 0 (faiss-gpu) and the matmul kernels on CUDA;
-    that path follows the faiss and torch APIs but has not run here (no GPU on these machines).
+    ``device="gpu"`` puts the matmul kernels on CUDA and, with faiss-gpu, the faiss index on GPU 0;
+    that path follows the faiss and torch APIs and is proven only where bench/results/gpu/ holds a run.
     """
 
     def __init__(self, gallery: np.ndarray, kernel: str = "matmul-grouped", device: str = "cpu"):

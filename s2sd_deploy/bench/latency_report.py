@@ -104,6 +104,12 @@ def markdown(results: dict) -> str:
         "speed it is actually read at.",
         "",
     ]
+    if results.get("config", {}).get("device") == "gpu":
+        lines += [
+            f"Device: GPU {machine.get('cuda')}: the limits above, each gallery's read speed and the exact searches "
+            "were measured on it with torch's CUDA kernels (synchronised); the galleries are generated on the CPU.",
+            "",
+        ]
 
     lines += [
         "## Exact search, largest gallery (synthetic unit-norm vectors)",

@@ -66,10 +66,10 @@ def machine_info() -> dict:
     }
 
 
-def machine_limits(budget_s: float = 0.4) -> dict:
-    """The machine's read bandwidth and fp32 GEMM throughput, measured the way the search kernels run: with each
-    library they use (numpy's BLAS, torch's, faiss's own scan), all threads, and shapes like theirs; the fastest
-    measurement is the limit.
+def machine_limits(device: str = "cpu", budget_s: float = 0.4) -> dict:
+    """The machine's read bandwidth and fp32 GEMM throughput (``device="gpu"``: the GPU's, :func:`gpu_limits`),
+    measured the way the search kernels run: with each library they use (numpy's BLAS, torch's, faiss's own scan),
+    all threads, and shapes like theirs; the fastest measurement is the limit.
 
     - read bandwidth: a batch-1 scan, the product of a 256 MiB float32 matrix (65,536 x 1,024) with a vector. It
       describes the machine; each search is held to the read speed of its own gallery instead
@@ -78,6 +78,8 @@ def machine_limits(budget_s: float = 0.4) -> dict:
 
     - GEMM: a batch-64 search's product, (64 x 2,048) x (2,048 x 32,768), and a square 2,048^3 one.
     """
+    if device == "gpu":
+        return gpu_limits(budget_s)
     import faiss
     import torch
 
@@ -109,6 +111,53 @@ def machine_limits(budget_s: float = 0.4) -> dict:
         "torch and faiss, all threads; GEMM: the fastest of numpy and torch on a batch-64 search's product "
         "(64 x 2048 x 32768) and a square 2048^3 one",
     }
+
+
+def gpu_limits(budget_s: float = 0.4) -> dict:
+    """GPU 0's read bandwidth and fp32 GEMM throughput, measured with torch's CUDA kernels (what the GPU search
+    kernels run) under the precision they run at (``torch.get_float32_matmul_precision()``), synchronised; the
+    fastest measurement is the limit.
+
+    - read bandwidth: a batch-1 scan, the product of a 4 GiB float32 matrix (1,048,576 x 1,024; far beyond the
+      L2 cache) with a vector, and a device-to-device copy of it (bytes read only);
+    - GEMM: a batch-64 search's product, (64 x 2,048) x (2,048 x 1,048,576), and a square 8,192^3 one.
+    """
+    import torch
+
+    bandwidth = _gpu_read_gbs(budget_s)
+    shapes = {"batch-64 search": (64, 2_048, 1_048_576), "square": (8_192, 8_192, 8_192)}
+    gemm = {f"torch, {name}": _gpu_gemm_gflops(*shape, budget_s=budget_s) for name, shape in shapes.items()}
+    torch.cuda.empty_cache()
+    return {
+        "memory_bandwidth_gbs": max(bandwidth.values()),
+        "gemm_gflops": max(gemm.values()),
+        "bandwidth_by_library_gbs": bandwidth,
+        "gemm_by_library_and_shape_gflops": gemm,
+        "device": torch.cuda.get_device_name(0),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "how": "GPU 0 with torch: bandwidth, the fastest batch-1 scan (matrix-vector product) and device-to-device "
+        "copy (bytes read) of a 4 GiB float32 matrix; GEMM, the fastest fp32 product of a batch-64 search's shape "
+        "(64 x 2048 x 1048576) and a square 8192^3 one, at torch's float32 matmul precision; synchronised timing",
+    }
+
+
+def _gpu_read_gbs(budget_s: float) -> dict[str, float]:
+    import torch
+
+    matrix = torch.ones((1_048_576, 1_024), dtype=torch.float32, device="cuda")  # 4 GiB; values do not matter
+    vector, copy = torch.ones(1_024, dtype=torch.float32, device="cuda"), torch.empty_like(matrix)
+    scans = {"torch matrix-vector": lambda: matrix @ vector, "torch copy (read bytes)": lambda: copy.copy_(matrix)}
+    return {
+        name: matrix.numel() * 4 / measure(scan, budget_s=budget_s, synchronize=torch.cuda.synchronize).min() / 1e9
+        for name, scan in scans.items()
+    }
+
+
+def _gpu_gemm_gflops(m: int, k: int, n: int, budget_s: float) -> float:
+    import torch
+
+    a, b = torch.rand((m, k), device="cuda"), torch.rand((k, n), device="cuda")  # constant data draws less power
+    return 2 * m * k * n / measure(lambda: a @ b, budget_s=budget_s, synchronize=torch.cuda.synchronize).min() / 1e9
 
 
 def available_memory_bytes() -> int:

@@ -219,7 +219,7 @@ class Trainer:
 
     def _step_module(self):
         module = _TrainStep(self.model, self.loss)
-        if self.dist.world_size > 1:
+        if self.dist.joined:
             ids = [self.device.index] if self.device.type == "cuda" else None
             return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
@@ -260,7 +260,7 @@ class Trainer:
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, batch_index: int) -> None:
         bad = (~torch.isfinite(loss.detach())).float()
-        if self.dist.world_size > 1:  # every rank must stop together, or the others hang
+        if self.dist.joined:  # every rank must stop together, or the others hang
             dist.all_reduce(bad)
         if bad.item():
             kept = (
@@ -280,7 +280,7 @@ class Trainer:
         metrics = {}
         if self.dist.is_main:
             metrics = evaluate_model(self.model, self.test_set, self.cfg, self.device)
-        if self.dist.world_size > 1:
+        if self.dist.joined:
             dist.barrier()
         return metrics
 
@@ -329,6 +329,7 @@ class Trainer:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "device": str(self.device),
             "world_size": self.dist.world_size,
+            "distributed_backend": self.dist.backend,
         }
         if self.dist.is_main:
             if validated:
